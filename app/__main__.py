@@ -1,0 +1,38 @@
+"""python -m app serve [--host H] [--port P] [--model ID_OR_PATH] [--api-key KEY ...] [--config FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from app.settings import SettingsError, add_flags, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Lodestar inference server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API")
+    add_flags(serve)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"lodestar: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    from app.backend import build_served_model
+    from app.main import create_app
+
+    app = create_app(settings, lambda: build_served_model(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Build the served model (engine + prompt renderer) that the settings ask for."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from app.settings import Settings
+from chat.families import detect_family
+from chat.pipeline import ServedModel
+from chat.template import PromptRenderer
+
+log = logging.getLogger("lodestar.backend")
+
+
+def build_served_model(settings: Settings) -> ServedModel:
+    """Load weights and start the engine (blocking: run it off the event loop)."""
+    from engines.embedded.engine import EmbeddedEngine
+    from engines.embedded.loader import load_model
+    from engines.embedded.scheduler import SchedulerConfig
+
+    loaded = load_model(settings.model, settings.data_path(), quantize=settings.quantize)
+    family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
+    renderer = PromptRenderer(loaded.tokenizer, family)
+    engine = EmbeddedEngine(
+        loaded, family=family.name, max_queue=settings.max_queue, context_length=settings.context_length,
+        config=SchedulerConfig(max_batch_size=settings.max_batch_size, prefill_chunk=settings.prefill_chunk,
+                               queue_timeout_s=settings.queue_timeout_s, threads=settings.threads))
+    fingerprint = "fp_" + hashlib.sha256(
+        f"{loaded.model_id}:{settings.quantize}".encode()).hexdigest()[:10]
+    log.info("serving %s (family %s, context %d, %s)", loaded.model_id, family.name,
+             engine.model_info.context_length, settings.quantize)
+    return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint)

@@ -1,0 +1,102 @@
+"""OpenAI-shaped errors: one exception type, one JSON shape, for every failure the API reports."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from app.protocol import ErrorBody, ErrorResponse, encode
+
+log = logging.getLogger("lodestar.errors")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code))
+
+
+def invalid(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+_PATH = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def from_decode_error(exc: msgspec.DecodeError) -> APIError:
+    """Turn msgspec's message ("Expected `int`, got `str` - at `$.n`") into a 400 naming the param."""
+    text = str(exc)
+    match = _PATH.search(text)
+    param = match.group(1) or None if match else None
+    message = _PATH.sub("", text)
+    if isinstance(exc, msgspec.ValidationError):
+        if param:
+            message = f"Invalid request: {message} at '{param}'"
+        return APIError(400, message, param=param, code="invalid_type")
+    return APIError(400, f"We could not parse the JSON body of your request: {message}", code="invalid_json")
+
+
+def error_response(error: APIError, request_id: str | None = None) -> Response[bytes]:
+    headers = dict(error.headers)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return Response(content=encode(error.body()), status_code=error.status, media_type="application/json",
+                    headers=headers)
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def handle_api_error(request: Request, exc: APIError) -> Response[bytes]:
+    return error_response(exc, _request_id(request))
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (404 route, 405, 413 body size, …) in OpenAI's shape."""
+    status = exc.status_code
+    messages = {
+        404: f"Unknown path: {request.method} {request.url.path}",
+        405: f"Method {request.method} is not allowed on {request.url.path}",
+        413: "The request body is larger than the server accepts (see max_body_bytes)",
+    }
+    codes = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}
+    message = messages.get(status, str(exc.detail))
+    return error_response(APIError(status, message, code=codes.get(status)), _request_id(request))
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    request_id = _request_id(request) or uuid.uuid4().hex
+    log.exception("unexpected error in request %s", request_id)
+    return error_response(APIError(
+        500, f"The server had an error while processing your request (request id {request_id})",
+        code="internal_error"), request_id)

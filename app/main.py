@@ -1,0 +1,91 @@
+"""The Litestar application: routes, auth guard, error handlers, request ids, model loading."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.auth import KeyStore, require_api_key
+from app.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from app.routes import ROUTES
+from app.settings import Settings
+from chat.pipeline import ServedModel
+
+log = logging.getLogger("lodestar")
+
+ModelSource = ServedModel | Callable[[], ServedModel]
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Give every request an id (logged with errors) and echo it in an X-Request-ID header."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def create_app(settings: Settings, model: ModelSource) -> Litestar:
+    """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state = app.state
+        task = None
+        if isinstance(model, ServedModel):
+            state.served = model
+        else:
+            async def load() -> None:
+                try:
+                    state.served = await asyncio.to_thread(model)
+                except Exception as exc:  # /ready reports it; the process stays up to say so
+                    log.exception("loading the model failed")
+                    state.load_error = str(exc)
+            task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+            served = state.get("served")
+            if served is not None:
+                await served.engine.close()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        guards=[require_api_key],
+        exception_handlers={
+            APIError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        middleware=[request_id_middleware],
+        lifespan=[lifespan],
+        state=State({"settings": settings, "key_store": KeyStore(settings.api_keys), "served": None,
+                     "load_error": None}),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )

@@ -1,0 +1,32 @@
+"""GET /health (the process is up) and GET /ready (the model is loaded and the engine healthy)."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from app.errors import APIError
+from app.protocol import encode
+from chat.pipeline import ServedModel
+
+
+def served_model(state: State) -> ServedModel:
+    served = state.get("served")
+    if served is None or not served.engine.ready():
+        error = state.get("load_error")
+        detail = f": loading failed: {error}" if error else ": the model is still loading"
+        raise APIError(503, f"The engine is not ready{detail}", code="engine_not_ready",
+                       headers={"Retry-After": "5"})
+    return served
+
+
+@get("/health", opt={"public": True})
+async def health() -> Response[bytes]:
+    return Response(encode({"status": "ok"}), media_type="application/json")
+
+
+@get("/ready", opt={"public": True})
+async def ready(state: State) -> Response[bytes]:
+    served = served_model(state)
+    return Response(encode({"status": "ready", "model": served.engine.model_info.id}),
+                    media_type="application/json")

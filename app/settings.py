@@ -1,0 +1,144 @@
+"""One frozen settings object: defaults <- TOML file <- LODESTAR_* environment <- command-line flags.
+
+Every key is a field below (its comment is its documentation; docs/configuration.md lists them all). Every
+key has an environment variable LODESTAR_<KEY> and a flag --<key-with-dashes>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+MiB = 1 << 20
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Network and auth
+    host: str = "127.0.0.1"  # address to bind
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()  # Bearer keys; none = open server (loopback only)
+    allow_unauthenticated: bool = False  # allow binding a non-loopback address without keys
+    # Model and engine
+    model: str = "default"  # catalog id or alias, .gguf file, or Hugging Face folder
+    engine: Literal["embedded"] = "embedded"
+    data_dir: str = "~/.local/share/lodestar"  # converted weights and other state
+    quantize: Literal["int8", "none"] = "int8"  # int8 dynamic quantization of Linear layers
+    threads: int = 0  # torch threads for the engine; 0 = all cores
+    context_length: int | None = None  # cap below the model's own context length
+    max_batch_size: int = 8  # sequences decoded together
+    prefill_chunk: int = 256  # prompt tokens per prefill step between decode steps
+    max_queue: int = 64  # requests waiting for a batch slot before 429
+    queue_timeout_s: float = 60.0  # longest wait for a batch slot before 503
+    # Request limits
+    max_body_bytes: int = 32 * MiB  # larger bodies get 413
+    max_messages: int = 2048
+    max_n: int = 8
+    max_stop: int = 4
+    max_top_logprobs: int = 20
+    max_tokens_limit: int | None = None  # upper bound for max_tokens; None = the context length
+    # Request defaults (OpenAI's unless set)
+    default_temperature: float = 1.0
+    default_top_p: float = 1.0
+    default_max_tokens: int | None = None  # None: the rest of the context
+    confidence_score: bool = False  # always add seed 003's confidence_score
+    # Operations
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    def check(self) -> None:
+        """Refuse settings that are contradictory or unsafe."""
+        positive = ("port", "max_batch_size", "prefill_chunk", "max_body_bytes", "max_messages", "max_n",
+                    "max_stop")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise SettingsError(f"{key} must be positive")
+        if self.max_queue < 0 or self.queue_timeout_s <= 0 or self.threads < 0:
+            raise SettingsError("max_queue, threads must be >= 0 and queue_timeout_s > 0")
+        if not 0 <= self.max_top_logprobs <= 20:
+            raise SettingsError("max_top_logprobs must be within 0..20")
+        if not self.api_keys and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise SettingsError(
+                f"refusing to serve {self.host} without API keys: set api_keys (--api-key) "
+                "or pass --allow-unauthenticated")
+
+
+class SettingsError(Exception):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_FIELDS = {name: field for name, field in zip(Settings.__struct_fields__, msgspec.structs.fields(Settings),
+                                                strict=True)}
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        raw = environ.get(f"LODESTAR_{name.upper()}")
+        if name == "api_keys" and raw is None:
+            raw = environ.get("LODESTAR_API_KEY")
+        if raw is None:
+            continue
+        values[name] = [k.strip() for k in raw.split(",") if k.strip()] if name == "api_keys" else raw
+    return values
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML configuration file")
+    for name, field in _FIELDS.items():
+        if name == "api_keys":
+            parser.add_argument("--api-key", dest="api_keys", action="append", help="Bearer key (repeatable)")
+        elif field.type is bool:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_const", const=True)
+        else:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name)
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None,
+                  config_file: str | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    cli = {k: v for k, v in vars(args).items() if v is not None and k in _FIELDS} if args else {}
+    path = (getattr(args, "config", None) if args else None) or config_file or environ.get("LODESTAR_CONFIG")
+    merged: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                merged.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+    merged.update(_from_env(environ))
+    merged.update(cli)
+    return build_settings(merged)
+
+
+def build_settings(values: Mapping[str, Any]) -> Settings:
+    values = dict(values)
+    if isinstance(values.get("api_keys"), str):
+        values["api_keys"] = [values["api_keys"]]
+    try:
+        settings = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid setting: {exc}") from exc
+    settings.check()
+    return settings
+
+
+def settings_keys() -> Sequence[str]:
+    return tuple(_FIELDS)

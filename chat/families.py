@@ -1,0 +1,60 @@
+"""Model-family quirks, in one registry: end-of-turn tokens, and (for later stages) think and tool markers.
+
+Adding a family is adding one entry. Nothing else in the code base asks which family a model is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    # Tokens that end an assistant turn, besides the tokenizer's own EOS token.
+    end_of_turn: tuple[str, ...] = ()
+    # Markers around reasoning, e.g. ("<think>", "</think>").
+    think: tuple[str, str] | None = None
+    # Markers around a tool call, e.g. ("<tool_call>", "</tool_call>").
+    tool_call: tuple[str, str] | None = None
+    # The chat-template keyword that switches thinking on or off, e.g. "enable_thinking".
+    thinking_switch: str | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    "chatml": Family("chatml", end_of_turn=("<|im_end|>", "<|endoftext|>")),
+    "qwen2": Family("qwen2", end_of_turn=("<|im_end|>", "<|endoftext|>"),
+                    tool_call=("<tool_call>", "</tool_call>")),
+    "qwen3": Family("qwen3", end_of_turn=("<|im_end|>", "<|endoftext|>"), think=("<think>", "</think>"),
+                    tool_call=("<tool_call>", "</tool_call>"), thinking_switch="enable_thinking"),
+    "llama3": Family("llama3", end_of_turn=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")),
+    "generic": Family("generic"),
+}
+
+# transformers model_type -> family, for models whose template is the family's own.
+_BY_MODEL_TYPE = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen2_5_vl": "qwen2"}
+
+
+def detect_family(model_type: str, chat_template: str | None) -> Family:
+    """Pick the family from the architecture, falling back to what the chat template looks like."""
+    if model_type in _BY_MODEL_TYPE:
+        return FAMILIES[_BY_MODEL_TYPE[model_type]]
+    template = chat_template or ""
+    if "<|im_start|>" in template:
+        return FAMILIES["chatml"]
+    if "<|start_header_id|>" in template:
+        return FAMILIES["llama3"]
+    return FAMILIES["generic"]
+
+
+def end_of_turn_ids(family: Family, tokenizer: Any) -> tuple[int, ...]:
+    """The token ids that stop generation: the family's end-of-turn tokens plus the tokenizer's EOS."""
+    ids: set[int] = set()
+    vocab = tokenizer.get_vocab()
+    for token in family.end_of_turn:
+        if token in vocab:
+            ids.add(vocab[token])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return tuple(sorted(ids))

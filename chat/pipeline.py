@@ -1,0 +1,200 @@
+"""The chat pipeline: a validated request -> an engine request -> OpenAI responses or chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import APIError
+from app.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    CompletionTokensDetails,
+    Delta,
+    PromptTokensDetails,
+    ResponseMessage,
+    TokenLogprobOut,
+    TopLogprob,
+    Usage,
+)
+from app.settings import Settings
+from chat.output import ChoiceStream
+from chat.template import PromptRenderer
+from chat.tokens import TokenTexts
+from engines.base import Engine, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
+
+# Rendering a very long conversation (jinja + tokenizer) is moved off the event loop.
+_INLINE_RENDER_CHARS = 20_000
+
+
+@dataclass(slots=True)
+class ServedModel:
+    """What the HTTP layer needs to serve one model: its engine and its prompt renderer."""
+
+    engine: Engine
+    renderer: PromptRenderer
+    fingerprint: str
+    token_texts: TokenTexts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_texts = TokenTexts(self.renderer.tokenizer)
+
+
+@dataclass(slots=True)
+class Plan:
+    request_id: str
+    created: int
+    model: str
+    engine_request: EngineRequest
+    stops: list[str]
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    confidence: bool
+
+
+async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
+                       model_id: str) -> Plan:
+    renderer = served.renderer
+    size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in req.messages)
+    if size > _INLINE_RENDER_CHARS:
+        prompt_ids = await asyncio.to_thread(renderer.render, req.messages)
+    else:
+        prompt_ids = renderer.render(req.messages)
+    context = served.engine.model_info.context_length
+    requested = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
+    room = context - len(prompt_ids)
+    if room < 1 or (req.max_completion_tokens or req.max_tokens or 0) > room:
+        asked = f" and {requested} in the completion" if requested else ""
+        raise APIError(400, f"This model's maximum context length is {context} tokens. However, your "
+                       f"messages resulted in {len(prompt_ids)} tokens{asked}. Please reduce the length "
+                       "of the messages or of the completion.", param="messages",
+                       code="context_length_exceeded")
+    max_new = min(requested, room) if requested else room
+    if settings.max_tokens_limit:
+        max_new = min(max_new, settings.max_tokens_limit)
+    top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+    sampling = SamplingParams(
+        max_new_tokens=max_new,
+        temperature=settings.default_temperature if req.temperature is None else req.temperature,
+        top_p=settings.default_top_p if req.top_p is None else req.top_p,
+        top_k=top_k,
+        min_p=req.min_p or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
+        stop_token_ids=renderer.stop_token_ids,
+    )
+    confidence = settings.confidence_score or bool(req.logprobs)
+    request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    engine_request = EngineRequest(
+        request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1,
+        logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0)
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    return Plan(request_id=request_id, created=int(time.time()), model=model_id,
+                engine_request=engine_request, stops=stops, stream=bool(req.stream),
+                include_usage=bool(req.stream_options and req.stream_options.include_usage),
+                logprobs=bool(req.logprobs), confidence=confidence)
+
+
+class _Run:
+    """The state of one request while its events flow: one ChoiceStream per choice."""
+
+    def __init__(self, plan: Plan, served: ServedModel) -> None:
+        self.plan = plan
+        self.served = served
+        self.choices = [ChoiceStream(i, plan.stops, plan.logprobs) for i in range(plan.engine_request.n)]
+        self.prompt_tokens = len(plan.engine_request.prompt_ids)
+        self.cached_tokens = 0
+        self._stream = served.engine.generate(plan.engine_request)  # raises now if not admitted
+
+    async def events(self) -> AsyncIterator[tuple[ChoiceStream, EngineEvent]]:
+        stream = self._stream
+        try:
+            async for event in stream:
+                self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
+                self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
+                yield self.choices[event.index], event
+                if all(c.finished for c in self.choices):
+                    break
+        finally:
+            await stream.aclose()  # stops the engine's work for a request that ends early
+
+    def usage(self) -> Usage:
+        completion = sum(c.completion_tokens for c in self.choices)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
+                     total_tokens=self.prompt_tokens + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0))
+
+    def confidence_score(self) -> float | None:
+        """100 x the geometric mean of the sampled tokens' probabilities, over all choices."""
+        if not self.plan.confidence:
+            return None
+        values = [lp for c in self.choices for lp in c.all_logprobs]
+        if not values:
+            return None
+        return round(100.0 * math.exp(sum(values) / len(values)), 4)
+
+    def logprobs_out(self, entries: list[TokenLogprob]) -> ChoiceLogprobs | None:
+        if not self.plan.logprobs:
+            return None
+        texts = self.served.token_texts
+        return ChoiceLogprobs(content=[
+            TokenLogprobOut(
+                token=texts.token_str(e.token_id), logprob=e.logprob,
+                bytes=list(texts.token_bytes(e.token_id)),
+                top_logprobs=[TopLogprob(token=texts.token_str(t), logprob=lp,
+                                         bytes=list(texts.token_bytes(t))) for t, lp in e.top])
+            for e in entries])
+
+
+async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
+    run = _Run(plan, served)
+    async for choice, event in run.events():
+        choice.feed(event)
+    return ChatCompletion(
+        id=plan.request_id, object="chat.completion", created=plan.created, model=plan.model,
+        system_fingerprint=served.fingerprint,
+        choices=[Choice(index=c.index, message=ResponseMessage(role="assistant", content=c.full_text),
+                        logprobs=run.logprobs_out(c.logprobs), finish_reason=c.finish_reason)
+                 for c in run.choices],
+        usage=run.usage(), confidence_score=run.confidence_score())
+
+
+def stream(plan: Plan, served: ServedModel) -> AsyncIterator[ChatCompletionChunk]:
+    """Admit the request now (raising EngineError if refused); return its chunks as they come."""
+    return _chunks(_Run(plan, served))
+
+
+async def _chunks(run: _Run) -> AsyncIterator[ChatCompletionChunk]:
+    plan, served = run.plan, run.served
+
+    def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=plan.request_id, object="chat.completion.chunk", created=plan.created,
+                                   model=plan.model, system_fingerprint=served.fingerprint, choices=choices,
+                                   **extra)
+
+    yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content=""))
+                 for c in run.choices])
+    async for choice, event in run.events():
+        delta = choice.feed(event)
+        if delta.text or delta.logprobs:
+            yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=delta.text),
+                                     logprobs=run.logprobs_out(delta.logprobs))])
+        if delta.finish_reason is not None:
+            last = all(c.finished for c in run.choices)
+            extra = {"usage": run.usage(), "confidence_score": run.confidence_score()} if last else {}
+            yield chunk([ChunkChoice(index=choice.index, delta=Delta(), finish_reason=delta.finish_reason)],
+                        **extra)
+    if plan.include_usage:
+        yield chunk([], usage=run.usage())

@@ -1,0 +1,66 @@
+"""Chat messages -> prompt token ids, through the model's own chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app.errors import invalid
+from app.protocol import AssistantMessage, Content, DeveloperMessage, Message, TextPart, ToolMessage
+from chat.families import Family, end_of_turn_ids
+
+
+def _text_of(content: Content | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content if isinstance(part, TextPart))
+
+
+def _template_message(message: Message) -> dict[str, Any]:
+    # Templates know system/user/assistant/tool; OpenAI's "developer" role is a system message to them.
+    role = "system" if isinstance(message, DeveloperMessage) else message.__struct_config__.tag
+    out: dict[str, Any] = {"role": role, "content": _text_of(message.content)}
+    if isinstance(message, AssistantMessage) and message.tool_calls:
+        out["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)}}
+            for call in message.tool_calls]
+    if isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+    name = getattr(message, "name", None)
+    if name:
+        out["name"] = name
+    return out
+
+
+def _arguments(raw: str) -> Any:
+    """Templates render arguments as objects; keep the raw string when it is not JSON."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+
+
+class PromptRenderer:
+    def __init__(self, tokenizer: Any, family: Family) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the model's tokenizer has no chat template")
+        self.tokenizer = tokenizer
+        self.family = family
+        self.stop_token_ids = end_of_turn_ids(family, tokenizer)
+
+    def render_text(self, messages: list[Message]) -> str:
+        conversation = [_template_message(m) for m in messages]
+        try:
+            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
+                                                      tokenize=False)
+        except Exception as exc:  # the template's own raise_exception(), e.g. role order rules
+            raise invalid(f"The model's chat template rejected the messages: {exc}", "messages",
+                          "invalid_messages") from exc
+
+    def render(self, messages: list[Message]) -> list[int]:
+        text = self.render_text(messages)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]

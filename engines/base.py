@@ -1,0 +1,91 @@
+"""The engine interface: token ids in, token events out.
+
+Nothing about HTTP, OpenAI or chat messages crosses this line, so the embedded CPU engine and the
+SGLang runtime can sit behind the same pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    aliases: tuple[str, ...]
+    context_length: int
+    vision: bool
+    family: str
+    created: int
+    owned_by: str = "lodestar"
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    n: int = 1
+    logprobs: bool = False  # log-probability of each sampled token
+    top_logprobs: int = 0  # how many alternatives per position
+    session_key: str | None = None
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class EngineEvent:
+    """New tokens of one choice; the last event of a choice carries its finish reason."""
+
+    index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class EngineError(Exception):
+    """The engine failed to serve a request; `status` says how the HTTP layer should report it."""
+
+    def __init__(self, message: str, *, status: int = 500, code: str = "engine_error",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Engine(Protocol):
+    model_info: ModelInfo
+
+    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,81 @@
+"""The embedded CPU engine: transformers weights, our decoder and scheduler, behind the Engine interface."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from engines.base import EngineError, EngineEvent, EngineRequest, ModelInfo
+from engines.embedded.decoder import Decoder
+from engines.embedded.loader import LoadedModel
+from engines.embedded.scheduler import Group, Scheduler, SchedulerConfig
+
+
+class EmbeddedEngine:
+    def __init__(self, loaded: LoadedModel, *, family: str, config: SchedulerConfig, max_queue: int = 64,
+                 context_length: int | None = None) -> None:
+        model_config = loaded.model.config
+        native = int(getattr(model_config, "max_position_embeddings", 2048))
+        ctx = min(context_length, native) if context_length else native
+        self.model_info = ModelInfo(
+            id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=False, family=family,
+            created=int(time.time()))
+        self.tokenizer: Any = loaded.tokenizer
+        self.max_queue = max_queue
+        self._scheduler = Scheduler(Decoder(loaded.model), loaded.tokenizer, ctx, config)
+        self._groups: dict[str, Group] = {}
+        self._scheduler.start()
+
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def queue_depth(self) -> int:
+        return self._scheduler.waiting_count()
+
+    @property
+    def batch_size(self) -> int:
+        return self._scheduler.batch_size
+
+    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+        """Admission is decided here, eagerly, so a full queue is an error before any response starts."""
+        if self._scheduler.waiting_count() >= self.max_queue:
+            raise EngineError("the server is busy: the request queue is full; retry shortly",
+                              status=429, code="queue_full", retry_after=1.0)
+        return self._events(req)
+
+    async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
+
+        def emit(item: EngineEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+        group = Group(req=req, emit=emit, enqueued_at=time.monotonic())
+        self._groups[req.request_id] = group
+        self._scheduler.submit(group)
+        remaining = req.n
+        try:
+            while remaining:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason is not None:
+                    remaining -= 1
+                yield item
+        finally:
+            # A consumer that stops early (client gone, stop string matched) frees its slot at once.
+            group.aborted = remaining > 0
+            self._groups.pop(req.request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        group = self._groups.get(request_id)
+        if group is not None:
+            group.aborted = True
+
+    async def close(self) -> None:
+        for group in self._groups.values():
+            group.aborted = True
+        await asyncio.to_thread(self._scheduler.stop)

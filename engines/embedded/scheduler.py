@@ -1,0 +1,229 @@
+"""The embedded engine's scheduler: one thread that owns the model and every KV cache.
+
+Each loop iteration admits waiting requests, runs at most one prefill chunk (so a long prompt does not
+stall everyone's decode for long), then one batched decode step over every running choice. Requests join
+and leave the batch between steps (continuous batching). Results go back to the event loop through a
+callback per request; an exception in one request ends that request only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engines.base import EngineError, EngineEvent, EngineRequest, TokenLogprob
+from engines.embedded.decoder import Decoder, KVCache
+from engines.embedded.detokenizer import IncrementalDetokenizer
+from engines.embedded.sampler import ChoiceSampler
+
+log = logging.getLogger("lodestar.scheduler")
+
+Emit = Callable[[EngineEvent | BaseException], None]
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    max_batch_size: int = 8  # choices decoded together
+    prefill_chunk: int = 256  # prompt tokens per prefill step
+    queue_timeout_s: float = 60.0
+    threads: int = 0  # 0: torch's default (all cores)
+
+
+@dataclass(eq=False, slots=True)
+class Group:
+    """One engine request: its prompt cache while prefilling, then its n choices."""
+
+    req: EngineRequest
+    emit: Emit
+    enqueued_at: float
+    cache: KVCache | None = None
+    prefilled: int = 0
+    choices: list[Choice] = field(default_factory=list)
+    aborted: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Choice:
+    group: Group
+    index: int
+    cache: KVCache
+    sampler: ChoiceSampler
+    detok: IncrementalDetokenizer
+    last_token: int = 0
+    generated: int = 0
+
+
+class Scheduler:
+    def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerConfig) -> None:
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.config = config
+        self._inbox: queue.SimpleQueue[Group | None] = queue.SimpleQueue()
+        self._waiting: deque[Group] = deque()
+        self._prefilling: deque[Group] = deque()
+        self._running: list[Choice] = []
+        self._thread = threading.Thread(target=self._run, name="lodestar-scheduler", daemon=True)
+        self._stopping = False
+        self.steps = 0
+
+    # -- called from the event loop -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, group: Group) -> None:
+        self._inbox.put(group)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def waiting_count(self) -> int:
+        return len(self._waiting) + self._inbox.qsize()
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._running)
+
+    # -- the scheduler thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        with torch.inference_mode():
+            while not self._stopping:
+                try:
+                    self._iterate()
+                except Exception:  # never let the loop die; the failing request was already told
+                    log.exception("scheduler iteration failed")
+
+    def _iterate(self) -> None:
+        idle = not (self._waiting or self._prefilling or self._running)
+        self._take_inbox(block=idle)
+        self._drop_aborted()
+        self._expire_waiting()
+        self._admit()
+        if self._prefilling:
+            self._prefill_step(self._prefilling[0])
+        if self._running:
+            self._decode_step()
+
+    def _take_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if item is not None:
+                self._waiting.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drop_aborted(self) -> None:
+        if any(g.aborted for g in self._waiting):
+            self._waiting = deque(g for g in self._waiting if not g.aborted)
+        if any(g.aborted for g in self._prefilling):
+            self._prefilling = deque(g for g in self._prefilling if not g.aborted)
+        if any(c.group.aborted for c in self._running):
+            self._running = [c for c in self._running if not c.group.aborted]
+
+    def _expire_waiting(self) -> None:
+        deadline = time.monotonic() - self.config.queue_timeout_s
+        while self._waiting and self._waiting[0].enqueued_at < deadline:
+            group = self._waiting.popleft()
+            group.emit(EngineError(
+                f"the request waited longer than the queue timeout ({self.config.queue_timeout_s:g} s)",
+                status=503, code="queue_timeout", retry_after=1.0))
+
+    def _admit(self) -> None:
+        reserved = len(self._running) + sum(g.req.n for g in self._prefilling)
+        while self._waiting and reserved + self._waiting[0].req.n <= self.config.max_batch_size:
+            group = self._waiting.popleft()
+            group.cache = self.decoder.new_cache(len(group.req.prompt_ids) + 64)
+            self._prefilling.append(group)
+            reserved += group.req.n
+
+    def _prefill_step(self, group: Group) -> None:
+        prompt = group.req.prompt_ids
+        end = min(len(prompt), group.prefilled + self.config.prefill_chunk)
+        try:
+            assert group.cache is not None
+            logits = self.decoder.prefill(group.cache, prompt[group.prefilled : end])
+            group.prefilled = end
+            if end < len(prompt):
+                return
+            self._prefilling.popleft()
+            self._start_choices(group, logits.float())
+        except Exception as exc:
+            log.exception("prefill failed for %s", group.req.request_id)
+            if self._prefilling and self._prefilling[0] is group:
+                self._prefilling.popleft()
+            group.emit(EngineError(f"prefill failed: {exc}"))
+
+    def _start_choices(self, group: Group, logits: torch.Tensor) -> None:
+        req = group.req
+        seed = req.sampling.seed
+        assert group.cache is not None
+        for index in range(req.n):
+            cache = group.cache if index == req.n - 1 else group.cache.fork()
+            sampler = ChoiceSampler(req.sampling, None if seed is None else seed + index,
+                                    self.decoder.vocab_size, req.logprobs, req.top_logprobs)
+            choice = Choice(group, index, cache, sampler, IncrementalDetokenizer(self.tokenizer))
+            group.choices.append(choice)
+            token, logprob = sampler.sample(logits)
+            if self._advance(choice, token, logprob):
+                self._running.append(choice)
+        group.cache = None
+
+    def _decode_step(self) -> None:
+        batch = self._running
+        try:
+            logits = self.decoder.decode([c.cache for c in batch], [c.last_token for c in batch]).float()
+        except Exception as exc:
+            log.exception("decode step failed")
+            self._running = []
+            for group in {c.group for c in batch}:
+                group.emit(EngineError(f"decode failed: {exc}"))
+            return
+        self.steps += 1
+        still = []
+        for row, choice in enumerate(batch):
+            try:
+                token, logprob = choice.sampler.sample(logits[row])
+                if self._advance(choice, token, logprob):
+                    still.append(choice)
+            except Exception as exc:
+                log.exception("sampling failed for %s", choice.group.req.request_id)
+                choice.group.aborted = True
+                choice.group.emit(EngineError(f"sampling failed: {exc}"))
+        self._running = [c for c in still if not c.group.aborted]
+
+    def _advance(self, choice: Choice, token: int, logprob: TokenLogprob | None) -> bool:
+        """Record a sampled token and emit it; return whether the choice keeps decoding."""
+        req = choice.group.req
+        choice.generated += 1
+        choice.last_token = token
+        finish = None
+        if token in req.sampling.stop_token_ids:
+            finish, text = "stop", choice.detok.flush()
+        else:
+            text = choice.detok.push(token)
+            if choice.generated >= req.sampling.max_new_tokens or \
+                    choice.cache.length + 1 >= self.context_length:
+                finish = "length"
+                text += choice.detok.flush()
+        choice.group.emit(EngineEvent(
+            index=choice.index, token_ids=[token], text=text,
+            logprobs=[logprob] if logprob is not None else None, finish_reason=finish,
+            prompt_tokens=len(req.prompt_ids), cached_tokens=0))
+        return finish is None
