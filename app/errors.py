@@ -50,6 +50,7 @@ def invalid(message: str, param: str | None = None, code: str | None = "invalid_
 
 
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 
 
 def from_decode_error(exc: msgspec.DecodeError) -> APIError:
@@ -59,6 +60,11 @@ def from_decode_error(exc: msgspec.DecodeError) -> APIError:
     param = match.group(1) or None if match else None
     message = _PATH.sub("", text)
     if isinstance(exc, msgspec.ValidationError):
+        missing = _MISSING.match(message)
+        if missing:  # msgspec's path stops at the object; the param is the missing field itself
+            param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+            return APIError(400, f"Missing required parameter: '{param}'.", param=param,
+                            code="missing_required_parameter")
         if param:
             message = f"Invalid request: {message} at '{param}'"
         return APIError(400, message, param=param, code="invalid_type")
@@ -67,8 +73,8 @@ def from_decode_error(exc: msgspec.DecodeError) -> APIError:
 
 def error_response(error: APIError, request_id: str | None = None) -> Response[bytes]:
     headers = dict(error.headers)
-    if request_id:
-        headers["X-Request-ID"] = request_id
+    # Unmatched routes bypass the request-id middleware; they get an id here.
+    headers["X-Request-ID"] = request_id or uuid.uuid4().hex
     return Response(content=encode(error.body()), status_code=error.status, media_type="application/json",
                     headers=headers)
 

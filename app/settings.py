@@ -57,14 +57,24 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def check(self) -> None:
         """Refuse settings that are contradictory or unsafe."""
         positive = ("port", "max_batch_size", "prefill_chunk", "max_body_bytes", "max_messages", "max_n",
-                    "max_stop")
+                    "max_stop", "max_queue")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SettingsError(f"{key} must be positive")
-        if self.max_queue < 0 or self.queue_timeout_s <= 0 or self.threads < 0:
-            raise SettingsError("max_queue, threads must be >= 0 and queue_timeout_s > 0")
+        if self.queue_timeout_s <= 0 or self.threads < 0:
+            raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
+        if self.max_n > self.max_batch_size:  # n choices decode together in one batch
+            raise SettingsError(f"max_n ({self.max_n}) must not exceed max_batch_size ({self.max_batch_size})")
         if not 0 <= self.max_top_logprobs <= 20:
             raise SettingsError("max_top_logprobs must be within 0..20")
+        for key in ("context_length", "max_tokens_limit", "default_max_tokens"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise SettingsError(f"{key} must be positive when set")
+        if not 0 <= self.default_temperature <= 2:
+            raise SettingsError("default_temperature must be within 0..2")
+        if not 0 < self.default_top_p <= 1:
+            raise SettingsError("default_top_p must be within (0, 1]")
         if not self.api_keys and not self.allow_unauthenticated and not is_loopback(self.host):
             raise SettingsError(
                 f"refusing to serve {self.host} without API keys: set api_keys (--api-key) "

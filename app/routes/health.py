@@ -28,5 +28,6 @@ async def health() -> Response[bytes]:
 @get("/ready", opt={"public": True})
 async def ready(state: State) -> Response[bytes]:
     served = served_model(state)
-    return Response(encode({"status": "ready", "model": served.engine.model_info.id}),
+    return Response(encode({"status": "ready", "model": served.engine.model_info.id,
+                            "engine": served.engine.stats()}),
                     media_type="application/json")

@@ -31,13 +31,9 @@ class EmbeddedEngine:
     def ready(self) -> bool:
         return True
 
-    @property
-    def queue_depth(self) -> int:
-        return self._scheduler.waiting_count()
-
-    @property
-    def batch_size(self) -> int:
-        return self._scheduler.batch_size
+    def stats(self) -> dict[str, int]:
+        return {"running": self._scheduler.batch_size, "waiting": self._scheduler.waiting_count(),
+                "requests": len(self._groups)}
 
     def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Admission is decided here, eagerly, so a full queue is an error before any response starts."""

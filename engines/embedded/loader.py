@@ -161,7 +161,11 @@ def load_model(name: str, data_dir: Path, *, quantize: str = "int8") -> LoadedMo
     model.eval()
     model.requires_grad_(False)
     if quantize == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # Per-channel weight scales: per-tensor ones wreck small models (SmolLM2 emits gibberish).
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     elif quantize != "none":
         raise ValueError(f"unknown quantization {quantize!r} (use int8 or none)")
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, aliases=aliases)

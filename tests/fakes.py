@@ -1,0 +1,136 @@
+"""Small stand-ins for the engine and the prompt renderer, for unit tests that load no model.
+
+FakeEngine implements the Engine protocol of engines/base.py: every choice spells out a scripted text one
+token per event, then ends with an end-of-turn token (finish "stop") or at max_new_tokens (finish "length").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from engines.base import EngineError, EngineEvent, EngineRequest, ModelInfo, TokenLogprob
+
+EOS_ID = 2
+EOS_PIECE = "<|im_end|>"
+FIRST_ID = 10  # scripted pieces get ids FIRST_ID, FIRST_ID + 1, ...
+DEFAULT_SCRIPT = ("Hello", ",", " world", "!", " How", " are", " you", "?")
+
+
+class FakeTokenizer:
+    """Just what chat.tokens.TokenTexts needs: GPT-2-style pieces (a space is 'Ġ') and decode."""
+
+    def __init__(self, pieces: Iterable[str]) -> None:
+        self._text: dict[int, str] = {EOS_ID: EOS_PIECE}
+        self._ids: dict[str, int] = {}
+        for piece in pieces:
+            if piece not in self._ids:
+                token_id = FIRST_ID + len(self._ids)
+                self._ids[piece] = token_id
+                self._text[token_id] = piece
+        self.eos_token_id = EOS_ID
+        self.chat_template = "{{ messages }}"
+
+    def id_of(self, piece: str) -> int:
+        return self._ids[piece]
+
+    def convert_ids_to_tokens(self, ids: int | list[int]) -> str | list[str]:
+        if isinstance(ids, list):
+            return [self._text[i].replace(" ", "Ġ") for i in ids]
+        return self._text[ids].replace(" ", "Ġ")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self._text[i] for i in ids)
+
+
+class FakeRenderer:
+    """Same attributes as chat.template.PromptRenderer: 4 ids per message plus one per word."""
+
+    def __init__(self, tokenizer: FakeTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.stop_token_ids: tuple[int, ...] = (EOS_ID,)
+        self.rendered: list[list[Any]] = []
+
+    def render(self, messages: list[Any]) -> list[int]:
+        self.rendered.append(list(messages))
+        ids: list[int] = []
+        for message in messages:
+            content = message.content
+            text = content if isinstance(content, str) else " ".join(
+                getattr(part, "text", "") for part in (content or []))
+            ids.extend([1, 1, 1, 1])
+            ids.extend(3 for _ in text.split())
+        return ids
+
+
+class FakeEngine:
+    def __init__(self, script: Sequence[str] = DEFAULT_SCRIPT, *, model_id: str = "fake-model",
+                 aliases: tuple[str, ...] = ("fake",), context_length: int = 512, vision: bool = False,
+                 logprob: float = -0.25, cached_tokens: int = 0, fail_after: int | None = None) -> None:
+        self.model_info = ModelInfo(id=model_id, aliases=aliases, context_length=context_length,
+                                    vision=vision, family="generic", created=int(time.time()))
+        self.script = list(script)
+        self.tokenizer = FakeTokenizer(self.script)
+        self.logprob = logprob
+        self.cached_tokens = cached_tokens
+        self.fail_after = fail_after  # raise EngineError after this many decode steps
+        self.full = False  # refuse admission like a full queue (429)
+        self.is_ready = True
+        self.requests: list[EngineRequest] = []
+        self.aborted: list[str] = []
+        self.released: list[str] = []  # request ids whose event stream was closed (finished or dropped)
+        self.closed = False
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def stats(self) -> dict[str, int]:
+        return {"running": 0, "waiting": 0, "requests": len(self.requests)}
+
+    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+        if self.full:  # eager, like the embedded engine: before any response starts
+            raise EngineError("the server is busy: the request queue is full; retry shortly",
+                              status=429, code="queue_full", retry_after=1.0)
+        self.requests.append(req)
+        return self._events(req)
+
+    def _logprobs(self, req: EngineRequest, token_id: int) -> list[TokenLogprob] | None:
+        if not req.logprobs:
+            return None
+        top = [(token_id, self.logprob), (EOS_ID, self.logprob - 2.0)][: req.top_logprobs]
+        return [TokenLogprob(token_id=token_id, logprob=self.logprob, top=top)]
+
+    async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+        sequence = [self.tokenizer.id_of(p) for p in self.script] + [EOS_ID]
+        limit = req.sampling.max_new_tokens
+        live = set(range(req.n))
+        step = 0
+        try:
+            while live:
+                if self.fail_after is not None and step >= self.fail_after:
+                    raise EngineError("decode failed: simulated fault")
+                token_id = sequence[step]
+                for index in sorted(live):  # choices interleave, as in a batch
+                    finish = None
+                    if token_id in req.sampling.stop_token_ids or step + 1 == len(sequence):
+                        finish = "stop"
+                    elif step + 1 >= limit:
+                        finish = "length"
+                    text = "" if token_id == EOS_ID else self.tokenizer.decode([token_id])
+                    yield EngineEvent(index=index, token_ids=[token_id], text=text,
+                                      logprobs=self._logprobs(req, token_id), finish_reason=finish,
+                                      prompt_tokens=len(req.prompt_ids), cached_tokens=self.cached_tokens)
+                    if finish is not None:
+                        live.discard(index)
+                step += 1
+                await asyncio.sleep(0)
+        finally:
+            self.released.append(req.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def close(self) -> None:
+        self.closed = True
