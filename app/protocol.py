@@ -94,7 +94,7 @@ class ChatCompletionRequest(msgspec.Struct):
     stream_options: StreamOptions | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    prompt_truncate_len: int | None = None
+    ignore_eos: bool | None = None  # vLLM/SGLang extension: keep generating past end-of-turn tokens
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         frequency_penalty=req.frequency_penalty or 0.0,
         presence_penalty=req.presence_penalty or 0.0,
         seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
-        stop_token_ids=renderer.stop_token_ids,
+        stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
     )
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
