@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import uvicorn
 

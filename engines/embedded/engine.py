@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +27,7 @@ class EmbeddedEngine:
         self.max_queue = max_queue
         self._scheduler = Scheduler(Decoder(loaded.model), loaded.tokenizer, ctx, config)
         self._groups: dict[str, Group] = {}
+        self._closed = False
         self._scheduler.start()
 
     def ready(self) -> bool:
@@ -37,6 +39,8 @@ class EmbeddedEngine:
 
     def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Admission is decided here, eagerly, so a full queue is an error before any response starts."""
+        if self._closed:
+            raise _closed_error()
         if self._scheduler.waiting_count() >= self.max_queue:
             raise EngineError("the server is busy: the request queue is full; retry shortly",
                               status=429, code="queue_full", retry_after=1.0)
@@ -49,6 +53,8 @@ class EmbeddedEngine:
         def emit(item: EngineEvent | BaseException) -> None:
             loop.call_soon_threadsafe(inbox.put_nowait, item)
 
+        if self._closed:  # closed between generate() and the first iteration: nothing would ever answer
+            raise _closed_error()
         group = Group(req=req, emit=emit, enqueued_at=time.monotonic())
         self._groups[req.request_id] = group
         self._scheduler.submit(group)
@@ -67,11 +73,21 @@ class EmbeddedEngine:
             self._groups.pop(req.request_id, None)
 
     async def abort(self, request_id: str) -> None:
+        """Stop the request's work now; whoever still reads its events gets an `aborted` error."""
         group = self._groups.get(request_id)
         if group is not None:
             group.aborted = True
+            group.emit(EngineError("the request was aborted", status=503, code="aborted"))
 
     async def close(self) -> None:
-        for group in self._groups.values():
+        self._closed = True
+        for group in list(self._groups.values()):
             group.aborted = True
+            # Without the scheduler nothing else would ever reach this consumer: end its wait now.
+            with contextlib.suppress(RuntimeError):  # its event loop is already gone
+                group.emit(_closed_error())
         await asyncio.to_thread(self._scheduler.stop)
+
+
+def _closed_error() -> EngineError:
+    return EngineError("the engine is shutting down", status=503, code="engine_closed", retry_after=1.0)

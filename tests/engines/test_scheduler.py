@@ -1,0 +1,352 @@
+"""The embedded engine end to end on the real SmolLM2-135M (fp32): scheduler thread, batching, events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import torch
+
+from engines.base import EngineError, EngineEvent, EngineRequest, SamplingParams
+from engines.embedded.decoder import Decoder
+from engines.embedded.engine import EmbeddedEngine
+from engines.embedded.loader import LoadedModel
+from engines.embedded.scheduler import SchedulerConfig
+
+TIMEOUT = 60.0
+QUESTION = "What is the capital of France?"
+LONG_QUESTION = ("Here is a short story. A lighthouse keeper lived alone on a rocky island for thirty years. "
+                 "Every night he lit the lamp and every morning he wrote one line in his logbook. "
+                 "Summarise the story in one sentence.")
+
+
+@pytest.fixture(scope="module")
+def fp32(smollm: LoadedModel) -> LoadedModel:
+    return LoadedModel(smollm.model, smollm.tokenizer, "smollm2-135m-instruct", ("smollm2",))
+
+
+def run_engine(loaded: LoadedModel, body: Callable[[EmbeddedEngine], Awaitable[Any]], *,
+               max_batch_size: int = 4, prefill_chunk: int = 16, max_queue: int = 64) -> Any:
+    """Build an engine, run `body` against it in a fresh event loop, and always close it."""
+
+    async def main() -> Any:
+        engine = EmbeddedEngine(loaded, family="chatml", max_queue=max_queue,
+                                config=SchedulerConfig(max_batch_size=max_batch_size, prefill_chunk=prefill_chunk))
+        try:
+            return await asyncio.wait_for(body(engine), TIMEOUT)
+        finally:
+            await engine.close()
+            assert not engine._scheduler._thread.is_alive()
+
+    return asyncio.run(main())
+
+
+def request(prompt: list[int], *, request_id: str = "r1", n: int = 1, **sampling: Any) -> EngineRequest:
+    sampling.setdefault("max_new_tokens", 8)
+    sampling.setdefault("temperature", 0.0)
+    return EngineRequest(request_id=request_id, prompt_ids=prompt, sampling=SamplingParams(**sampling), n=n)
+
+
+async def collect(events: AsyncIterator[EngineEvent]) -> dict[int, list[EngineEvent]]:
+    by_choice: dict[int, list[EngineEvent]] = {}
+    async for event in events:
+        by_choice.setdefault(event.index, []).append(event)
+    return by_choice
+
+
+def tokens_of(events: list[EngineEvent]) -> list[int]:
+    return [t for e in events for t in e.token_ids]
+
+
+def manual_greedy(decoder: Decoder, prompt: list[int], steps: int) -> list[int]:
+    """The reference: one-shot prefill, then one decode per token, argmax each time."""
+    with torch.inference_mode():
+        cache = decoder.new_cache(len(prompt))
+        logits = decoder.prefill(cache, prompt)
+        out: list[int] = []
+        for _ in range(steps):
+            out.append(int(torch.argmax(logits)))
+            logits = decoder.decode([cache], [out[-1]])[0]
+    return out
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def check_choice(events: list[EngineEvent], prompt_len: int) -> None:
+    """Every choice: events carry one token each, only the last one has a finish reason."""
+    assert events, "a choice without events"
+    assert all(e.finish_reason is None for e in events[:-1])
+    assert events[-1].finish_reason in ("stop", "length")
+    assert all(len(e.token_ids) == 1 for e in events)
+    assert all(e.prompt_tokens == prompt_len for e in events)
+
+
+def test_model_info(fp32: LoadedModel) -> None:
+    async def body(engine: EmbeddedEngine) -> None:
+        info = engine.model_info
+        assert (info.id, info.aliases, info.family, info.vision) == (
+            "smollm2-135m-instruct", ("smollm2",), "chatml", False)
+        assert info.context_length == fp32.model.config.max_position_embeddings
+        assert engine.ready()
+        assert engine.stats() == {"running": 0, "waiting": 0, "requests": 0}
+
+    run_engine(fp32, body)
+
+
+def test_greedy_generation_equals_manual_greedy_loop(fp32: LoadedModel, decoder: Decoder, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+    expected = manual_greedy(decoder, prompt, 12)
+
+    async def body(engine: EmbeddedEngine) -> dict[int, list[EngineEvent]]:
+        return await collect(engine.generate(request(prompt, max_new_tokens=12)))
+
+    # One prefill chunk covers the prompt, so the engine runs exactly the manual loop's forward passes.
+    choices = run_engine(fp32, body, prefill_chunk=512)
+    assert list(choices) == [0]
+    events = choices[0]
+    check_choice(events, len(prompt))
+    assert tokens_of(events) == expected
+    assert "".join(e.text for e in events) == fp32.tokenizer.decode(expected, skip_special_tokens=True)
+    assert "Paris" in "".join(e.text for e in events)
+    assert events[-1].finish_reason == "length"
+
+
+def test_prompt_longer_than_prefill_chunk(fp32: LoadedModel, decoder: Decoder, chat_ids) -> None:
+    prompt = chat_ids(LONG_QUESTION)
+    assert len(prompt) > 3 * 16
+    chunks: list[int] = []
+
+    async def chunked(engine: EmbeddedEngine) -> list[int]:
+        inner = engine._scheduler.decoder
+        real_prefill = inner.prefill
+
+        def spy(cache: Any, ids: list[int]) -> torch.Tensor:
+            chunks.append(len(ids))
+            return real_prefill(cache, ids)
+
+        inner.prefill = spy  # type: ignore[method-assign]
+        try:
+            return tokens_of((await collect(engine.generate(request(prompt, max_new_tokens=10))))[0])
+        finally:
+            del inner.prefill
+
+    async def one_chunk(engine: EmbeddedEngine) -> list[int]:
+        return tokens_of((await collect(engine.generate(request(prompt, max_new_tokens=10))))[0])
+
+    small = run_engine(fp32, chunked, prefill_chunk=16)
+    large = run_engine(fp32, one_chunk, prefill_chunk=4096)
+    q, r = divmod(len(prompt), 16)
+    assert chunks == [16] * q + ([r] if r else [])  # it really was prefilled 16 tokens at a time
+    assert small == large == manual_greedy(decoder, prompt, 10)
+
+
+def test_n_choices_with_seed(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids("Write a word.")
+
+    async def body(engine: EmbeddedEngine) -> dict[int, list[EngineEvent]]:
+        return await collect(engine.generate(request(prompt, n=3, seed=1234, temperature=1.0, max_new_tokens=6)))
+
+    first = run_engine(fp32, body)
+    assert sorted(first) == [0, 1, 2]
+    for events in first.values():
+        check_choice(events, len(prompt))
+        assert len(tokens_of(events)) == 6 and events[-1].finish_reason == "length"
+    # The same seed reproduces every choice exactly, even though the choices decode together.
+    again = run_engine(fp32, body)
+    assert {i: tokens_of(e) for i, e in again.items()} == {i: tokens_of(e) for i, e in first.items()}
+
+
+def test_n_choices_share_the_prompt_but_decode_independently(fp32: LoadedModel, decoder: Decoder,
+                                                             chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body(engine: EmbeddedEngine) -> dict[int, list[EngineEvent]]:
+        return await collect(engine.generate(request(prompt, n=3, max_new_tokens=6)))
+
+    choices = run_engine(fp32, body)
+    expected = manual_greedy(decoder, prompt, 6)
+    # Greedy: each of the three forked caches continues exactly as a lone sequence would.
+    assert [tokens_of(choices[i]) for i in range(3)] == [expected] * 3
+
+
+def test_max_new_tokens_gives_length(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body(engine: EmbeddedEngine) -> list[dict[int, list[EngineEvent]]]:
+        return [await collect(engine.generate(request(prompt, max_new_tokens=k, request_id=f"r{k}")))
+                for k in (1, 5)]
+
+    for k, choices in zip((1, 5), run_engine(fp32, body), strict=True):
+        events = choices[0]
+        check_choice(events, len(prompt))
+        assert len(tokens_of(events)) == k
+        assert events[-1].finish_reason == "length"
+
+
+def test_stop_token_gives_stop(fp32: LoadedModel, decoder: Decoder, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+    greedy = manual_greedy(decoder, prompt, 8)
+    stop = greedy[3]
+    cut = greedy.index(stop) + 1
+
+    async def body(engine: EmbeddedEngine) -> dict[int, list[EngineEvent]]:
+        return await collect(engine.generate(request(prompt, max_new_tokens=32, stop_token_ids=(stop, 99))))
+
+    events = run_engine(fp32, body)[0]
+    check_choice(events, len(prompt))
+    assert events[-1].finish_reason == "stop"
+    assert tokens_of(events) == greedy[:cut]  # the stop token is reported, nothing after it
+    # Its text is not: the text is exactly what came before it.
+    assert "".join(e.text for e in events) == fp32.tokenizer.decode(greedy[: cut - 1])
+
+
+def test_chat_ends_at_end_of_turn(fp32: LoadedModel, tokenizer, chat_ids) -> None:
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    async def body(engine: EmbeddedEngine) -> dict[int, list[EngineEvent]]:
+        req = request(chat_ids("Say just: yes"), max_new_tokens=24, stop_token_ids=(im_end,))
+        return await collect(engine.generate(req))
+
+    events = run_engine(fp32, body)[0]
+    assert events[-1].finish_reason == "stop"
+    assert events[-1].token_ids == [im_end]
+    assert "im_end" not in "".join(e.text for e in events)
+
+
+def test_concurrent_requests_match_running_alone(fp32: LoadedModel, decoder: Decoder, chat_ids) -> None:
+    prompts = [chat_ids(QUESTION), chat_ids("Count to five."), chat_ids(LONG_QUESTION)]
+
+    async def body(engine: EmbeddedEngine) -> list[dict[int, list[EngineEvent]]]:
+        streams = [engine.generate(request(p, request_id=f"c{i}", max_new_tokens=6))
+                   for i, p in enumerate(prompts)]
+        return await asyncio.gather(*(collect(s) for s in streams))
+
+    results = run_engine(fp32, body)
+    for prompt, choices in zip(prompts, results, strict=True):
+        assert tokens_of(choices[0]) == manual_greedy(decoder, prompt, 6)
+
+
+def test_logprobs_reach_the_events(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body(engine: EmbeddedEngine) -> dict[int, list[EngineEvent]]:
+        req = request(prompt, max_new_tokens=3)
+        req.logprobs, req.top_logprobs = True, 4
+        return await collect(engine.generate(req))
+
+    for event in run_engine(fp32, body)[0]:
+        assert event.logprobs is not None and len(event.logprobs) == 1
+        entry = event.logprobs[0]
+        assert entry.token_id == event.token_ids[0]
+        assert len(entry.top) == 4 and entry.top[0][0] == entry.token_id  # greedy picks the top one
+        assert entry.logprob <= 0.0
+
+
+def test_aclose_frees_the_slot(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body(engine: EmbeddedEngine) -> list[int]:
+        stream = engine.generate(request(prompt, n=2, temperature=1.0, seed=3, max_new_tokens=500))
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 4:
+                break
+        assert engine.stats()["running"] == 2
+        await stream.aclose()  # type: ignore[attr-defined]
+        await wait_until(lambda: engine.stats()["running"] == 0, timeout=3.0)
+        assert engine.stats() == {"running": 0, "waiting": 0, "requests": 0}
+        # The engine keeps serving afterwards.
+        return tokens_of((await collect(engine.generate(request(prompt, request_id="r2", max_new_tokens=2))))[0])
+
+    assert len(run_engine(fp32, body)) == 2
+
+
+def test_abort_by_request_id(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body(engine: EmbeddedEngine) -> None:
+        stream = engine.generate(request(prompt, request_id="victim", max_new_tokens=500))
+        await anext(stream)
+        await engine.abort("victim")
+        await wait_until(lambda: engine.stats()["running"] == 0, timeout=3.0)
+        await stream.aclose()  # type: ignore[attr-defined]
+        await engine.abort("unknown")  # a no-op, not an error
+
+    run_engine(fp32, body)
+
+
+def test_full_queue_is_refused_eagerly_with_429(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body(engine: EmbeddedEngine) -> None:
+        # A fills the whole batch (4 choices); B then has to wait; the queue (max 1) is full.
+        a = engine.generate(request(prompt, request_id="a", n=4, temperature=1.0, seed=1, max_new_tokens=500))
+        await anext(a)
+        b = engine.generate(request(prompt, request_id="b", max_new_tokens=2))
+        b_first = asyncio.ensure_future(anext(b))
+        await wait_until(lambda: engine.stats() == {"running": 4, "waiting": 1, "requests": 2})
+
+        with pytest.raises(EngineError) as refused:
+            engine.generate(request(prompt, request_id="c"))
+        assert refused.value.status == 429
+        assert refused.value.code == "queue_full"
+        assert refused.value.retry_after is not None and refused.value.retry_after > 0
+
+        # Once A goes away, B is admitted and served.
+        await a.aclose()  # type: ignore[attr-defined]
+        first_of_b = await b_first
+        rest = [e async for e in b]
+        assert [first_of_b, *rest][-1].finish_reason == "length"
+        assert len(rest) == 1
+        await wait_until(lambda: engine.stats() == {"running": 0, "waiting": 0, "requests": 0})
+        # And the queue has room again.
+        await collect(engine.generate(request(prompt, request_id="c", max_new_tokens=1)))
+
+    run_engine(fp32, body, max_queue=1)
+
+
+def test_close_stops_the_thread(fp32: LoadedModel) -> None:
+    async def body() -> None:
+        engine = EmbeddedEngine(fp32, family="chatml", config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
+        thread = engine._scheduler._thread
+        assert thread.is_alive()
+        started = time.monotonic()
+        await engine.close()
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 5
+
+    asyncio.run(body())
+
+
+def test_close_ends_in_flight_requests_and_refuses_new_ones(fp32: LoadedModel, chat_ids) -> None:
+    prompt = chat_ids(QUESTION)
+
+    async def body() -> None:
+        engine = EmbeddedEngine(fp32, family="chatml", config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
+        in_flight = engine.generate(request(prompt, max_new_tokens=500))
+        await anext(in_flight)
+        not_started = engine.generate(request(prompt, request_id="late", max_new_tokens=2))
+        await engine.close()
+        # The consumer is told, rather than left waiting for events that will never come.
+        with pytest.raises(EngineError) as ended:
+            async for _ in in_flight:
+                pass
+        assert ended.value.status == 503
+        with pytest.raises(EngineError) as late:
+            await anext(not_started)
+        assert late.value.status == 503
+        with pytest.raises(EngineError) as refused:
+            engine.generate(request(prompt, request_id="after"))
+        assert refused.value.status == 503 and refused.value.code == "engine_closed"
+        assert engine.stats()["requests"] == 0
+
+    asyncio.run(asyncio.wait_for(body(), TIMEOUT))
