@@ -130,3 +130,25 @@ def test_streams_keep_going_while_another_client_disconnects(small_server):
     stream.close()
     thread.join(timeout=120)
     assert result["text"]
+
+
+@pytest.mark.parametrize("kind", ["gguf-file", "hf-folder"])
+def test_model_from_a_path(tmp_path, kind):
+    """--model takes a GGUF file or a Hugging Face folder as well as a catalog id."""
+    from app.settings import Settings
+    from engines.embedded.catalog import find_catalog_model
+    from engines.embedded.loader import resolve_model_folder
+
+    if kind == "gguf-file":
+        path = find_catalog_model("smollm2").part_paths()[0]
+    else:
+        path, _, _ = resolve_model_folder("smollm2", Settings().data_path())
+    server = start_server(tmp_path, "--model", str(path))
+    try:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+        model_id = client.models.list().data[0].id
+        resp = client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=4)
+        assert resp.model == model_id
+        assert resp.usage.completion_tokens >= 1
+    finally:
+        server.stop()
