@@ -7,8 +7,10 @@ import logging
 
 from app.settings import Settings
 from chat.families import detect_family
+from chat.images import image_policy
 from chat.pipeline import ServedModel
 from chat.template import PromptRenderer
+from multimodal.loader import ImageLoader
 
 log = logging.getLogger("lodestar.backend")
 
@@ -21,13 +23,15 @@ def build_served_model(settings: Settings) -> ServedModel:
 
     loaded = load_model(settings.model, settings.data_path(), quantize=settings.quantize)
     family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
-    renderer = PromptRenderer(loaded.tokenizer, family)
+    renderer = PromptRenderer(loaded.tokenizer, family, vision=loaded.vision)
     engine = EmbeddedEngine(
         loaded, family=family.name, max_queue=settings.max_queue, context_length=settings.context_length,
+        vision_cache_entries=settings.vision_cache_entries,
         config=SchedulerConfig(max_batch_size=settings.max_batch_size, prefill_chunk=settings.prefill_chunk,
                                queue_timeout_s=settings.queue_timeout_s, threads=settings.threads))
+    images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None
     fingerprint = "fp_" + hashlib.sha256(
         f"{loaded.model_id}:{settings.quantize}".encode()).hexdigest()[:10]
     log.info("serving %s (family %s, context %d, %s)", loaded.model_id, family.name,
              engine.model_info.context_length, settings.quantize)
-    return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint)
+    return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images)

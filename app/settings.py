@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import os
 import tomllib
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,23 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_top_p: float = 1.0
     default_max_tokens: int | None = None  # None: the rest of the context
     confidence_score: bool = False  # always add seed 003's confidence_score
+    # Images (docs/images.md)
+    max_images: int = 8  # image parts per request
+    image_pixels_low: int = 262_144  # pixel budget of detail "low" (512x512)
+    image_pixels_auto: int = 589_824  # pixel budget of detail "auto" or none given (768x768)
+    image_pixels_high: int = 1_048_576  # pixel budget of detail "high" (1024x1024)
+    image_max_source_pixels: int = 40_000_000  # larger images are refused before decoding (bombs)
+    image_max_bytes: int = 20 * MiB  # encoded size of one image: fetched, data URL or file
+    image_fetch_http: bool = True  # fetch plain http: URLs too (https: always)
+    image_allow_hosts: tuple[str, ...] = ()  # if set, fetch only from these hosts ("*.example.com" ok)
+    image_deny_hosts: tuple[str, ...] = ()  # never fetch from these hosts
+    image_private_hosts: tuple[str, ...] = ()  # hosts allowed to resolve to loopback/private addresses
+    image_media_dir: str | None = None  # folder that file: URLs may read from; None refuses file:
+    image_connect_timeout_s: float = 5.0
+    image_fetch_timeout_s: float = 20.0  # whole fetch: DNS, connect, redirects, body
+    image_max_redirects: int = 3
+    image_cache_entries: int = 64  # decoded images kept by content hash
+    vision_cache_entries: int = 32  # vision-encoder outputs kept by content hash (embedded engine)
     # Operations
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -57,12 +75,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def check(self) -> None:
         """Refuse settings that are contradictory or unsafe."""
         positive = ("port", "max_batch_size", "prefill_chunk", "max_body_bytes", "max_messages", "max_n",
-                    "max_stop", "max_queue")
+                    "max_stop", "max_queue", "image_pixels_low", "image_pixels_auto", "image_pixels_high",
+                    "image_max_source_pixels", "image_max_bytes", "image_connect_timeout_s",
+                    "image_fetch_timeout_s")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SettingsError(f"{key} must be positive")
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
+        for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries"):
+            if getattr(self, key) < 0:
+                raise SettingsError(f"{key} must be >= 0")
+        if self.image_media_dir is not None and not Path(self.image_media_dir).expanduser().is_dir():
+            raise SettingsError(f"image_media_dir {self.image_media_dir!r} is not a folder")
         if self.max_n > self.max_batch_size:  # n choices decode together in one batch
             raise SettingsError(f"max_n ({self.max_n}) must not exceed max_batch_size ({self.max_batch_size})")
         if not 0 <= self.max_top_logprobs <= 20:
@@ -98,6 +123,14 @@ _FIELDS = {name: field for name, field in zip(Settings.__struct_fields__, msgspe
                                                 strict=True)}
 
 
+# Keys that hold lists: comma-separated in the environment, repeatable (or comma-separated) as flags.
+_LIST_KEYS = frozenset(name for name, field in _FIELDS.items() if typing.get_origin(field.type) is tuple)
+
+
+def _split(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in _FIELDS:
@@ -106,7 +139,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             raw = environ.get("LODESTAR_API_KEY")
         if raw is None:
             continue
-        values[name] = [k.strip() for k in raw.split(",") if k.strip()] if name == "api_keys" else raw
+        values[name] = _split(raw) if name in _LIST_KEYS else raw
     return values
 
 
@@ -115,6 +148,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in _FIELDS.items():
         if name == "api_keys":
             parser.add_argument("--api-key", dest="api_keys", action="append", help="Bearer key (repeatable)")
+        elif name in _LIST_KEYS:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="append",
+                                help="repeatable, or comma-separated")
         elif field.type is bool:
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_const", const=True)
         else:
@@ -125,6 +161,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
                   config_file: str | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     cli = {k: v for k, v in vars(args).items() if v is not None and k in _FIELDS} if args else {}
+    for name in _LIST_KEYS & cli.keys() - {"api_keys"}:
+        cli[name] = [item for value in cli[name] for item in _split(value)]
     path = (getattr(args, "config", None) if args else None) or config_file or environ.get("LODESTAR_CONFIG")
     merged: dict[str, Any] = {}
     if path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from app.errors import APIError, invalid
-from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, ToolMessage
+from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, ToolMessage, UserMessage
 from app.settings import Settings
 from engines.base import ModelInfo
 
@@ -34,6 +34,7 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
     if len(req.messages) > settings.max_messages:
         raise invalid(f"'messages' has {len(req.messages)} entries; the limit is {settings.max_messages}",
                       "messages", "too_many_messages")
+    images = 0
     for i, message in enumerate(req.messages):
         name = getattr(message, "name", None)
         if name is not None and not _NAME.fullmatch(name):
@@ -41,10 +42,20 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
         content = message.content
         if isinstance(content, list):
             for j, part in enumerate(content):
-                if isinstance(part, ImagePart) and not info.vision:
+                if not isinstance(part, ImagePart):
+                    continue
+                if not isinstance(message, UserMessage):
+                    raise invalid(f"Image content is only allowed in user messages; messages[{i}] is a "
+                                  f"{message.__struct_config__.tag} message", f"messages[{i}].content[{j}]",
+                                  "invalid_content_part")
+                if not info.vision:
                     raise invalid(f"The model '{info.id}' does not accept images "
                                   f"(found an image_url part at messages[{i}].content[{j}])",
                                   f"messages[{i}].content[{j}]", "image_input_not_supported")
+                images += 1
+                if images > settings.max_images:
+                    raise invalid(f"Too many images: a request may carry at most {settings.max_images}",
+                                  f"messages[{i}].content[{j}]", "too_many_images")
         if isinstance(message, AssistantMessage):
             if content is None and not message.tool_calls:
                 raise invalid(f"'messages[{i}]': an assistant message needs 'content' or 'tool_calls'",

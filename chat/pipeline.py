@@ -27,10 +27,12 @@ from app.protocol import (
     Usage,
 )
 from app.settings import Settings
+from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.output import ChoiceStream
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
 from engines.base import Engine, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
+from multimodal.loader import ImageLoader
 
 # Rendering a very long conversation (jinja + tokenizer) is moved off the event loop.
 _INLINE_RENDER_CHARS = 20_000
@@ -43,6 +45,7 @@ class ServedModel:
     engine: Engine
     renderer: PromptRenderer
     fingerprint: str
+    images: ImageLoader | None = None  # vision models only
     token_texts: TokenTexts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,12 +68,20 @@ class Plan:
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
                        model_id: str) -> Plan:
     renderer = served.renderer
+    info = served.engine.model_info
+    refs = collect_images(req.messages)
+    images = []
+    if refs:
+        assert served.images is not None  # validation refused images for a model without vision
+        images = await prepare_images(refs, settings, served.images, served.engine)
     size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in req.messages)
     if size > _INLINE_RENDER_CHARS:
         prompt_ids = await asyncio.to_thread(renderer.render, req.messages)
     else:
         prompt_ids = renderer.render(req.messages)
-    context = served.engine.model_info.context_length
+    if info.image_token_id is not None:
+        prompt_ids = expand_placeholders(prompt_ids, info.image_token_id, images)
+    context = info.context_length
     requested = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
     room = context - len(prompt_ids)
     if room < 1 or (req.max_completion_tokens or req.max_tokens or 0) > room:
@@ -97,7 +108,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     engine_request = EngineRequest(
-        request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1,
+        request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1, images=images,
         logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0)
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return Plan(request_id=request_id, created=int(time.time()), model=model_id,

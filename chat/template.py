@@ -7,7 +7,16 @@ from typing import Any
 import msgspec
 
 from app.errors import invalid
-from app.protocol import AssistantMessage, Content, DeveloperMessage, Message, TextPart, ToolMessage
+from app.protocol import (
+    AssistantMessage,
+    Content,
+    ContentPart,
+    DeveloperMessage,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolMessage,
+)
 from chat.families import Family, end_of_turn_ids
 
 
@@ -19,10 +28,20 @@ def _text_of(content: Content | None) -> str:
     return "\n".join(part.text for part in content if isinstance(part, TextPart))
 
 
-def _template_message(message: Message) -> dict[str, Any]:
+def _parts_of(content: list[ContentPart]) -> list[dict[str, Any]]:
+    """Content parts as vision templates expect them: the template writes an image's placeholder."""
+    return [{"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image"}
+            for part in content]
+
+
+def _template_message(message: Message, vision: bool) -> dict[str, Any]:
     # Templates know system/user/assistant/tool; OpenAI's "developer" role is a system message to them.
     role = "system" if isinstance(message, DeveloperMessage) else message.__struct_config__.tag
-    out: dict[str, Any] = {"role": role, "content": _text_of(message.content)}
+    content = message.content
+    if vision and isinstance(content, list) and any(isinstance(p, ImagePart) for p in content):
+        out: dict[str, Any] = {"role": role, "content": _parts_of(content)}
+    else:
+        out = {"role": role, "content": _text_of(content)}
     if isinstance(message, AssistantMessage) and message.tool_calls:
         out["tool_calls"] = [
             {"id": call.id, "type": "function",
@@ -45,15 +64,16 @@ def _arguments(raw: str) -> Any:
 
 
 class PromptRenderer:
-    def __init__(self, tokenizer: Any, family: Family) -> None:
+    def __init__(self, tokenizer: Any, family: Family, *, vision: bool = False) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the model's tokenizer has no chat template")
         self.tokenizer = tokenizer
         self.family = family
+        self.vision = vision
         self.stop_token_ids = end_of_turn_ids(family, tokenizer)
 
     def render_text(self, messages: list[Message]) -> str:
-        conversation = [_template_message(m) for m in messages]
+        conversation = [_template_message(m, self.vision) for m in messages]
         try:
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
                                                       tokenize=False)

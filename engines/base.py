@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -22,6 +22,7 @@ class ModelInfo:
     family: str
     created: int
     owned_by: str = "lodestar"
+    image_token_id: int | None = None  # the placeholder a vision model's prompt repeats once per image token
 
 
 @dataclass(slots=True)
@@ -37,6 +38,15 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class EngineImage:
+    """One image made ready for an engine: its prompt takes `num_tokens` copies of the placeholder token."""
+
+    digest: str  # content address (image bytes, pixel budget, processing): equal digests, equal embeddings
+    num_tokens: int
+    data: Any  # engine-specific, e.g. (patches, grid) for the embedded engine
+
+
 @dataclass(slots=True)
 class EngineRequest:
     request_id: str
@@ -46,6 +56,7 @@ class EngineRequest:
     logprobs: bool = False  # log-probability of each sampled token
     top_logprobs: int = 0  # how many alternatives per position
     session_key: str | None = None
+    images: list[EngineImage] = field(default_factory=list)  # in prompt order
 
 
 @dataclass(slots=True)
@@ -84,6 +95,10 @@ class Engine(Protocol):
 
     def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Admit the request (raising EngineError at once if refused) and return its events."""
+        ...
+
+    def prepare_image(self, image: Any, digest: str, pixel_budget: int) -> EngineImage:
+        """Blocking and thread-safe: a decoded RGB image -> what this engine's model takes (vision models)."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -88,6 +88,14 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def tiny_vl_model() -> Path:
+    """The tiny random-weight Qwen2.5-VL, built offline on first use (needs the default model's tokenizer)."""
+    from fixtures.models.tiny_qwen2_5_vl import DEFAULT_OUT, build, default_tokenizer_folder
+
+    return build(DEFAULT_OUT, default_tokenizer_folder())
+
+
 @pytest.fixture()
 def client(small_server: ServerProcess):
     from openai import OpenAI

@@ -3,6 +3,11 @@
 transformers loads the weights and provides the modules (norms, projections, MLPs, rotary tables); this
 module only orchestrates them. Owning the cache is what lets the scheduler batch the decode of sequences
 of different lengths without padding, fork a prompt's cache for `n` choices, and (later) share prefixes.
+
+Vision-language models (Qwen2.5-VL) run through the same code: their text decoder is a Qwen2 decoder whose
+rotary embedding takes 3-D positions (M-RoPE). The prompt's image tokens get (time, row, column) positions
+and vision-encoder embeddings in place of token embeddings; after the prompt every position is 1-D again,
+shifted by the sequence's `position_offset`.
 """
 
 from __future__ import annotations
@@ -13,18 +18,20 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "qwen2_5_vl"})
 
 
 class KVCache:
     """Keys and values of one sequence: [layers, kv_heads, capacity, head_dim], grown by doubling."""
 
-    __slots__ = ("k", "v", "length")
+    __slots__ = ("k", "v", "length", "position_offset")
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype) -> None:
         self.k = torch.empty(layers, kv_heads, capacity, head_dim, dtype=dtype)
         self.v = torch.empty_like(self.k)
         self.length = 0
+        # Rotary position of the next token minus `length`; non-zero after an M-RoPE image prompt.
+        self.position_offset = 0
 
     @property
     def capacity(self) -> int:
@@ -45,6 +52,7 @@ class KVCache:
         twin.k = self.k.clone()
         twin.v = self.v.clone()
         twin.length = self.length
+        twin.position_offset = self.position_offset
         return twin
 
     def nbytes(self) -> int:
@@ -53,14 +61,14 @@ class KVCache:
 
 class Decoder:
     def __init__(self, model: Any) -> None:
-        config = model.config
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
+        if model.config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"the embedded engine runs {sorted(SUPPORTED_MODEL_TYPES)} architectures, "
-                f"not {config.model_type!r}")
+                f"not {model.config.model_type!r}")
+        config = getattr(model.config, "text_config", None) or model.config
         if getattr(config, "use_sliding_window", False):
             raise ValueError("sliding-window attention is not supported by the embedded engine")
-        inner = model.model
+        inner = getattr(model.model, "language_model", None) or model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)
         self.norm = inner.norm
@@ -89,13 +97,24 @@ class Decoder:
         q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         return q, k, v.transpose(1, 2)
 
-    def prefill(self, cache: KVCache, token_ids: list[int]) -> torch.Tensor:
-        """Append `token_ids` to one sequence; return the logits after its last token, shape [vocab]."""
+    def prefill(self, cache: KVCache, token_ids: list[int], *, positions: torch.Tensor | None = None,
+                embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Append `token_ids` to one sequence; return the logits after its last token, shape [vocab].
+
+        `positions` ([3, len] M-RoPE positions) and `embeds` (a boolean mask over the tokens and the rows that
+        replace their embeddings) are given for the image part of a vision prompt.
+        """
         past, s = cache.length, len(token_ids)
         cache.reserve(past + s)
         ids = torch.tensor([token_ids], dtype=torch.long)
         x = self.embed(ids)
-        positions = torch.arange(past, past + s).unsqueeze(0)
+        if embeds is not None:
+            mask, rows = embeds
+            x[0, mask] = rows.to(x.dtype)
+        if positions is None:
+            positions = torch.arange(past, past + s).unsqueeze(0) + cache.position_offset
+        else:
+            positions = positions.unsqueeze(1)  # [3, batch=1, len]
         cos, sin = self.rotary(x, positions)
         end = past + s
         mask = None
@@ -121,7 +140,8 @@ class Decoder:
             cache.reserve(cache.length + 1)
         x = self.embed(torch.tensor(token_ids, dtype=torch.long).unsqueeze(1))
         lengths = [cache.length for cache in caches]
-        cos, sin = self.rotary(x, torch.tensor(lengths, dtype=torch.long).unsqueeze(1))
+        positions = [cache.length + cache.position_offset for cache in caches]
+        cos, sin = self.rotary(x, torch.tensor(positions, dtype=torch.long).unsqueeze(1))
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             q, k, v = self._project_qkv(attn, layer.input_layernorm(x), cos, sin)

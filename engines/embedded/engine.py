@@ -8,24 +8,30 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engines.base import EngineError, EngineEvent, EngineRequest, ModelInfo
+from engines.base import EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
 from engines.embedded.decoder import Decoder
 from engines.embedded.loader import LoadedModel
 from engines.embedded.scheduler import Group, Scheduler, SchedulerConfig
+from engines.embedded.vision import QwenVision
 
 
 class EmbeddedEngine:
     def __init__(self, loaded: LoadedModel, *, family: str, config: SchedulerConfig, max_queue: int = 64,
-                 context_length: int | None = None) -> None:
-        model_config = loaded.model.config
+                 context_length: int | None = None, vision_cache_entries: int = 32) -> None:
+        model_config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
         native = int(getattr(model_config, "max_position_embeddings", 2048))
         ctx = min(context_length, native) if context_length else native
+        self.vision: QwenVision | None = None
+        if loaded.vision:
+            assert loaded.folder is not None
+            self.vision = QwenVision(loaded.model, loaded.folder, cache_entries=vision_cache_entries)
         self.model_info = ModelInfo(
-            id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=False, family=family,
-            created=int(time.time()))
+            id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=self.vision is not None,
+            family=family, created=int(time.time()),
+            image_token_id=self.vision.image_token_id if self.vision else None)
         self.tokenizer: Any = loaded.tokenizer
         self.max_queue = max_queue
-        self._scheduler = Scheduler(Decoder(loaded.model), loaded.tokenizer, ctx, config)
+        self._scheduler = Scheduler(Decoder(loaded.model), loaded.tokenizer, ctx, config, self.vision)
         self._groups: dict[str, Group] = {}
         self._closed = False
         self._scheduler.start()
@@ -34,8 +40,18 @@ class EmbeddedEngine:
         return True
 
     def stats(self) -> dict[str, int]:
-        return {"running": self._scheduler.batch_size, "waiting": self._scheduler.waiting_count(),
-                "requests": len(self._groups)}
+        figures = {"running": self._scheduler.batch_size, "waiting": self._scheduler.waiting_count(),
+                   "requests": len(self._groups)}
+        if self.vision is not None:
+            figures.update(self.vision.stats())
+        return figures
+
+    def prepare_image(self, image: Any, digest: str, pixel_budget: int) -> EngineImage:
+        """Blocking (call it off the event loop): a decoded RGB image -> what the model's prompt takes."""
+        if self.vision is None:
+            raise EngineError(f"the model {self.model_info.id!r} does not accept images", status=400,
+                              code="image_input_not_supported")
+        return self.vision.prepare(image, digest, pixel_budget)
 
     def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Admission is decided here, eagerly, so a full queue is an error before any response starts."""

@@ -7,6 +7,7 @@ safetensors folder under the data dir, and loaded from there afterwards (~2 s).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from engines.embedded.catalog import CatalogModel, find_catalog_model
 log = logging.getLogger("lodestar.loader")
 
 _CHUNK = 8 << 20
+VISION_MODEL_TYPES = frozenset({"qwen2_5_vl"})
 _DONE_MARKER = "lodestar-converted"
 
 
@@ -29,6 +31,11 @@ class LoadedModel:
     tokenizer: Any  # a transformers tokenizer
     model_id: str
     aliases: tuple[str, ...]
+    folder: Path | None = None  # where the weights were loaded from (the image processor's config lives there)
+
+    @property
+    def vision(self) -> bool:
+        return self.model.config.model_type in VISION_MODEL_TYPES
 
 
 class ModelNotAvailable(Exception):
@@ -151,13 +158,28 @@ def resolve_model_folder(name: str, data_dir: Path) -> tuple[Path, str, tuple[st
         f"unknown model {name!r}: give a catalog id, a .gguf file or a Hugging Face model folder")
 
 
+def _folder_chat_template(folder: Path) -> str | None:
+    """A template shipped beside the tokenizer (vision models often keep it in the processor's files)."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    processor_json = folder / "chat_template.json"
+    if processor_json.is_file():
+        return json.loads(processor_json.read_text()).get("chat_template")
+    return None
+
+
 def load_model(name: str, data_dir: Path, *, quantize: str = "int8") -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     folder, model_id, aliases = resolve_model_folder(name, data_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _folder_chat_template(folder)
+    vision = AutoConfig.from_pretrained(folder).model_type in VISION_MODEL_TYPES
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto.from_pretrained(folder, dtype=torch.float32)
     model.eval()
     model.requires_grad_(False)
     if quantize == "int8":
@@ -168,4 +190,4 @@ def load_model(name: str, data_dir: Path, *, quantize: str = "int8") -> LoadedMo
             model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     elif quantize != "none":
         raise ValueError(f"unknown quantization {quantize!r} (use int8 or none)")
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, aliases=aliases)
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, aliases=aliases, folder=folder)

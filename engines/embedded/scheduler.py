@@ -23,6 +23,7 @@ from engines.base import EngineError, EngineEvent, EngineRequest, TokenLogprob
 from engines.embedded.decoder import Decoder, KVCache
 from engines.embedded.detokenizer import IncrementalDetokenizer
 from engines.embedded.sampler import ChoiceSampler
+from engines.embedded.vision import QwenVision
 
 log = logging.getLogger("lodestar.scheduler")
 
@@ -48,6 +49,10 @@ class Group:
     prefilled: int = 0
     choices: list[Choice] = field(default_factory=list)
     aborted: bool = False
+    # Vision prompts: M-RoPE positions of the whole prompt, image-token embeddings and how many are used.
+    positions: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    image_rows_used: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -62,8 +67,10 @@ class Choice:
 
 
 class Scheduler:
-    def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerConfig) -> None:
+    def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerConfig,
+                 vision: QwenVision | None = None) -> None:
         self.decoder = decoder
+        self.vision = vision
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.config = config
@@ -158,17 +165,42 @@ class Scheduler:
         end = min(len(prompt), group.prefilled + self.config.prefill_chunk)
         try:
             assert group.cache is not None
-            logits = self.decoder.prefill(group.cache, prompt[group.prefilled : end])
+            chunk = prompt[group.prefilled : end]
+            extra = self._vision_inputs(group, chunk, end) if group.req.images else {}
+            logits = self.decoder.prefill(group.cache, chunk, **extra)
             group.prefilled = end
             if end < len(prompt):
                 return
             self._prefilling.popleft()
+            group.positions = group.image_embeds = None
             self._start_choices(group, logits.float())
         except Exception as exc:
             log.exception("prefill failed for %s", group.req.request_id)
             if self._prefilling and self._prefilling[0] is group:
                 self._prefilling.popleft()
             group.emit(EngineError(f"prefill failed: {exc}"))
+
+    def _vision_inputs(self, group: Group, chunk: list[int], end: int) -> dict[str, Any]:
+        """M-RoPE positions and image embeddings for one prefill chunk of a prompt with images."""
+        if self.vision is None:
+            raise ValueError("this model does not accept images")
+        assert group.cache is not None
+        if group.positions is None:  # first chunk: encode every image of the prompt once
+            group.positions, group.cache.position_offset = self.vision.positions(group.req.prompt_ids,
+                                                                                 group.req.images)
+            group.image_embeds = self.vision.encode(group.req.images)
+        start = end - len(chunk)
+        extra: dict[str, Any] = {"positions": group.positions[:, start:end]}
+        mask = torch.tensor(chunk) == self.vision.image_token_id
+        count = int(mask.sum())
+        if count:
+            assert group.image_embeds is not None
+            rows = group.image_embeds[group.image_rows_used : group.image_rows_used + count]
+            if rows.shape[0] != count:
+                raise ValueError("the prompt has more image tokens than its images have embeddings")
+            group.image_rows_used += count
+            extra["embeds"] = (mask, rows)
+        return extra
 
     def _start_choices(self, group: Group, logits: torch.Tensor) -> None:
         req = group.req

@@ -1,0 +1,86 @@
+"""The image stage of the pipeline: image_url parts -> loaded, checked images -> what the engine takes.
+
+Fetching, decoding and limits live in multimodal/; the model-specific patchifying lives in the engine. This
+stage connects them in prompt order, names the failing part in every error, and expands each image's
+placeholder token to the number of tokens the image really takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from app.errors import APIError
+from app.protocol import ImagePart, Message
+from app.settings import Settings
+from engines.base import Engine, EngineImage
+from multimodal.errors import ImageError
+from multimodal.loader import ImageLoader
+from multimodal.policy import ImagePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRef:
+    param: str  # e.g. "messages[1].content[0]"
+    url: str
+    detail: str
+
+
+def collect_images(messages: list[Message]) -> list[ImageRef]:
+    """Every image_url part, in the order the chat template will place them."""
+    refs = []
+    for i, message in enumerate(messages):
+        if isinstance(message.content, list):
+            for j, part in enumerate(message.content):
+                if isinstance(part, ImagePart):
+                    refs.append(ImageRef(f"messages[{i}].content[{j}]", part.image_url.url,
+                                         part.image_url.detail or "auto"))
+    return refs
+
+
+def pixel_budget(detail: str, settings: Settings) -> int:
+    return {"low": settings.image_pixels_low, "high": settings.image_pixels_high}.get(
+        detail, settings.image_pixels_auto)
+
+
+def image_policy(settings: Settings) -> ImagePolicy:
+    return ImagePolicy(
+        allow_http=settings.image_fetch_http, allow_hosts=settings.image_allow_hosts,
+        deny_hosts=settings.image_deny_hosts, private_hosts=settings.image_private_hosts,
+        media_dir=settings.image_media_dir, connect_timeout_s=settings.image_connect_timeout_s,
+        fetch_timeout_s=settings.image_fetch_timeout_s, max_bytes=settings.image_max_bytes,
+        max_redirects=settings.image_max_redirects, max_source_pixels=settings.image_max_source_pixels,
+        cache_entries=settings.image_cache_entries)
+
+
+async def prepare_images(refs: list[ImageRef], settings: Settings, loader: ImageLoader,
+                         engine: Engine) -> list[EngineImage]:
+    """Fetch or decode every image concurrently, then patchify them for the engine, off the event loop."""
+    budgets = [pixel_budget(ref.detail, settings) for ref in refs]
+    try:
+        loaded = await loader.load_all([(ref.url, budget) for ref, budget in zip(refs, budgets, strict=True)])
+    except ImageError as exc:
+        index = getattr(exc, "index", 0)
+        raise APIError(400, f"{refs[index].param}: {exc}", param=f"{refs[index].param}.image_url.url",
+                       code=exc.code) from None
+    return list(await asyncio.gather(*(
+        asyncio.to_thread(engine.prepare_image, image.image, image.digest, budget)
+        for image, budget in zip(loaded, budgets, strict=True))))
+
+
+def expand_placeholders(prompt_ids: list[int], placeholder: int, images: list[EngineImage]) -> list[int]:
+    """Repeat the i-th placeholder token images[i].num_tokens times (the template writes it once)."""
+    found = prompt_ids.count(placeholder)
+    if found != len(images):
+        # Only the template writes placeholders; more of them means a message's text spelled one out.
+        raise APIError(400, f"The messages contain {found} image placeholder tokens for {len(images)} images: "
+                       "message text must not contain the model's image placeholder token.",
+                       param="messages", code="invalid_image_placeholder")
+    out: list[int] = []
+    sizes = iter(image.num_tokens for image in images)
+    for token in prompt_ids:
+        if token == placeholder:
+            out.extend([placeholder] * next(sizes))
+        else:
+            out.append(token)
+    return out
