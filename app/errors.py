@@ -53,6 +53,9 @@ _PATH = re.compile(r" - at `\$\.?(.*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 
 
+_BAD_TAG = re.compile(r"Invalid value '(.*)'$")
+
+
 def from_decode_error(exc: msgspec.DecodeError) -> APIError:
     """Turn msgspec's message ("Expected `int`, got `str` - at `$.n`") into a 400 naming the param."""
     text = str(exc)
@@ -65,6 +68,13 @@ def from_decode_error(exc: msgspec.DecodeError) -> APIError:
             param = f"{param}.{missing.group(1)}" if param else missing.group(1)
             return APIError(400, f"Missing required parameter: '{param}'.", param=param,
                             code="missing_required_parameter")
+        bad_tag = _BAD_TAG.match(message)
+        if bad_tag and param and param.endswith(".type") and ".content[" in param:
+            return APIError(400, f"Unsupported content part type '{bad_tag.group(1)}' at '{param}': this server "
+                            "accepts 'text' and 'image_url' parts.", param=param, code="invalid_content_part")
+        if bad_tag and param and param.endswith(".role"):
+            return APIError(400, f"Unsupported message role '{bad_tag.group(1)}' at '{param}': expected system, "
+                            "developer, user, assistant or tool.", param=param, code="invalid_type")
         if param:
             message = f"Invalid request: {message} at '{param}'"
         return APIError(400, message, param=param, code="invalid_type")
