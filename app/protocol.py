@@ -75,6 +75,52 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool | None = None
 
 
+class FunctionDefinition(msgspec.Struct):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema for the arguments object
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct):
+    function: FunctionDefinition
+    type: Literal["function"] = "function"
+
+
+class NamedFunction(msgspec.Struct):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct):
+    function: NamedFunction
+    type: Literal["function"] = "function"
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class JSONSchemaSpec(msgspec.Struct):
+    name: str
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextFormat(msgspec.Struct, tag_field="type", tag="text"):
+    pass
+
+
+class JSONObjectFormat(msgspec.Struct, tag_field="type", tag="json_object"):
+    pass
+
+
+class JSONSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema"):
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = TextFormat | JSONObjectFormat | JSONSchemaFormat
+
+
 class ChatCompletionRequest(msgspec.Struct):
     model: str
     messages: list[Message]
@@ -95,6 +141,10 @@ class ChatCompletionRequest(msgspec.Struct):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     ignore_eos: bool | None = None  # vLLM/SGLang extension: keep generating past end-of-turn tokens
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -133,9 +183,10 @@ class Usage(msgspec.Struct):
     completion_tokens_details: CompletionTokensDetails
 
 
-class ResponseMessage(msgspec.Struct):
+class ResponseMessage(msgspec.Struct, omit_defaults=True):
     role: Literal["assistant"]
     content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(msgspec.Struct):
@@ -156,9 +207,22 @@ class ChatCompletion(msgspec.Struct, omit_defaults=True):
     confidence_score: float | None = None  # seed 003; omitted unless enabled or logprobs were asked
 
 
+class FunctionCallDelta(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionCallDelta | None = None
+
+
 class Delta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(msgspec.Struct):

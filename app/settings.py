@@ -49,6 +49,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_top_p: float = 1.0
     default_max_tokens: int | None = None  # None: the rest of the context
     confidence_score: bool = False  # always add seed 003's confidence_score
+    # Tools and structured output (docs/tools.md)
+    max_tools: int = 128  # tools per request
+    max_schema_bytes: int = 65_536  # all tool and response_format schemas of a request, as JSON
+    max_schema_depth: int = 32  # nesting depth of one schema
+    grammar_cache_entries: int = 128  # compiled grammars kept by content hash
     # Images (docs/images.md)
     max_images: int = 8  # image parts per request
     image_pixels_low: int = 262_144  # pixel budget of detail "low" (512x512)
@@ -77,13 +82,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         positive = ("port", "max_batch_size", "prefill_chunk", "max_body_bytes", "max_messages", "max_n",
                     "max_stop", "max_queue", "image_pixels_low", "image_pixels_auto", "image_pixels_high",
                     "image_max_source_pixels", "image_max_bytes", "image_connect_timeout_s",
-                    "image_fetch_timeout_s")
+                    "image_fetch_timeout_s", "max_tools", "max_schema_bytes", "max_schema_depth")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SettingsError(f"{key} must be positive")
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
-        for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries"):
+        for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries",
+                    "grammar_cache_entries"):
             if getattr(self, key) < 0:
                 raise SettingsError(f"{key} must be >= 0")
         if self.image_media_dir is not None and not Path(self.image_media_dir).expanduser().is_dir():

@@ -104,6 +104,14 @@ class ChoiceStream:
         self.finish_reason = delta.finish_reason = reason
         return delta
 
+    def end(self, reason: str) -> ChoiceDelta:
+        """Finish now, from outside (e.g. a repeated tool call): unreleased text is dropped."""
+        self._pending = ""
+        self._tokens.clear()
+        self.finished = True
+        self.finish_reason = reason
+        return ChoiceDelta(finish_reason=reason)
+
     @property
     def full_text(self) -> str:
         return "".join(self.text)

@@ -20,19 +20,25 @@ from app.protocol import (
     ChunkChoice,
     CompletionTokensDetails,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     PromptTokensDetails,
     ResponseMessage,
     TokenLogprobOut,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
 from app.settings import Settings
 from chat.images import collect_images, expand_placeholders, prepare_images
-from chat.output import ChoiceStream
+from chat.output import ChoiceDelta, ChoiceStream
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
 from engines.base import Engine, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
 from multimodal.loader import ImageLoader
+from tools.calls import ParsedCall, ToolCallParser
+from tools.request import ToolPlan, plan_tools
 
 # Rendering a very long conversation (jinja + tokenizer) is moved off the event loop.
 _INLINE_RENDER_CHARS = 20_000
@@ -63,20 +69,24 @@ class Plan:
     include_usage: bool
     logprobs: bool
     confidence: bool
+    tools: ToolPlan = field(default_factory=ToolPlan)
 
 
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
                        model_id: str) -> Plan:
     renderer = served.renderer
     info = served.engine.model_info
+    tools = ToolPlan()
+    if req.tools or req.response_format or req.tool_choice:  # schema checks can be heavy: off the loop
+        tools = await asyncio.to_thread(plan_tools, req, settings, renderer)
     refs = collect_images(req.messages)
     images = []
     if refs:
         assert served.images is not None  # validation refused images for a model without vision
         images = await prepare_images(refs, settings, served.images, served.engine)
     size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in req.messages)
-    if size > _INLINE_RENDER_CHARS:
-        prompt_ids = await asyncio.to_thread(renderer.render, req.messages)
+    if size > _INLINE_RENDER_CHARS or tools.template_tools:
+        prompt_ids = await asyncio.to_thread(renderer.render, req.messages, tools.template_tools)
     else:
         prompt_ids = renderer.render(req.messages)
     if info.image_token_id is not None:
@@ -109,12 +119,13 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     engine_request = EngineRequest(
         request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1, images=images,
+        constraint=tools.constraint,
         logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0)
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return Plan(request_id=request_id, created=int(time.time()), model=model_id,
                 engine_request=engine_request, stops=stops, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                logprobs=bool(req.logprobs), confidence=confidence)
+                logprobs=bool(req.logprobs), confidence=confidence, tools=tools)
 
 
 class _Run:
@@ -124,6 +135,8 @@ class _Run:
         self.plan = plan
         self.served = served
         self.choices = [ChoiceStream(i, plan.stops, plan.logprobs) for i in range(plan.engine_request.n)]
+        self.parsers = [plan.tools.parser() for _ in self.choices]
+        self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
         self._stream = served.engine.generate(plan.engine_request)  # raises now if not admitted
@@ -139,6 +152,20 @@ class _Run:
                     break
         finally:
             await stream.aclose()  # stops the engine's work for a request that ends early
+
+    def process(self, choice: ChoiceStream, event: EngineEvent) -> tuple[ChoiceDelta, list[str | ParsedCall]]:
+        """Feed one event to its choice; with tools, also split the new text into content and calls."""
+        delta = choice.feed(event)
+        parser = self.parsers[choice.index]
+        if parser is None:
+            return delta, []
+        pieces = parser.feed(delta.text)
+        if parser.repeated and delta.finish_reason is None:
+            delta.finish_reason = choice.end("stop").finish_reason
+        if delta.finish_reason is not None:
+            pieces += parser.finish()
+        self.pieces[choice.index].extend(pieces)
+        return delta, pieces
 
     def usage(self) -> Usage:
         completion = sum(c.completion_tokens for c in self.choices)
@@ -172,14 +199,26 @@ class _Run:
 async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
     run = _Run(plan, served)
     async for choice, event in run.events():
-        choice.feed(event)
+        run.process(choice, event)
+    choices = []
+    for c, parser, pieces in zip(run.choices, run.parsers, run.pieces, strict=True):
+        content: str | None = c.full_text
+        calls = [p for p in pieces if isinstance(p, ParsedCall)]
+        if parser is not None:
+            content = "".join(p for p in pieces if isinstance(p, str)) or (None if calls else "")
+        message = ResponseMessage(role="assistant", content=content, tool_calls=[
+            ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+            for call in calls] or None)
+        choices.append(Choice(index=c.index, message=message, logprobs=run.logprobs_out(c.logprobs),
+                              finish_reason=_finish_reason(c.finish_reason, calls)))
     return ChatCompletion(
         id=plan.request_id, object="chat.completion", created=plan.created, model=plan.model,
-        system_fingerprint=served.fingerprint,
-        choices=[Choice(index=c.index, message=ResponseMessage(role="assistant", content=c.full_text),
-                        logprobs=run.logprobs_out(c.logprobs), finish_reason=c.finish_reason)
-                 for c in run.choices],
-        usage=run.usage(), confidence_score=run.confidence_score())
+        system_fingerprint=served.fingerprint, choices=choices, usage=run.usage(),
+        confidence_score=run.confidence_score())
+
+
+def _finish_reason(reason: str | None, calls: list[ParsedCall]) -> str | None:
+    return "tool_calls" if calls and reason == "stop" else reason
 
 
 def stream(plan: Plan, served: ServedModel) -> AsyncIterator[ChatCompletionChunk]:
@@ -198,14 +237,36 @@ async def _chunks(run: _Run) -> AsyncIterator[ChatCompletionChunk]:
     yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content=""))
                  for c in run.choices])
     async for choice, event in run.events():
-        delta = choice.feed(event)
-        if delta.text or delta.logprobs:
-            yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=delta.text),
-                                     logprobs=run.logprobs_out(delta.logprobs))])
+        delta, pieces = run.process(choice, event)
+        parser = run.parsers[choice.index]
+        if parser is None:
+            if delta.text or delta.logprobs:
+                yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=delta.text),
+                                         logprobs=run.logprobs_out(delta.logprobs))])
+        else:
+            logprobs = run.logprobs_out(delta.logprobs) if delta.logprobs else None
+            for piece in pieces or ([""] if logprobs else []):
+                yield chunk([_piece_choice(choice.index, piece, parser, logprobs)])
+                logprobs = None
+            for piece in pieces:
+                if isinstance(piece, ParsedCall):  # the arguments follow the call's opening delta
+                    yield chunk([ChunkChoice(index=choice.index, delta=Delta(tool_calls=[ToolCallDelta(
+                        index=parser.calls.index(piece), function=FunctionCallDelta(arguments=piece.arguments))]))])
         if delta.finish_reason is not None:
             last = all(c.finished for c in run.choices)
             extra = {"usage": run.usage(), "confidence_score": run.confidence_score()} if last else {}
-            yield chunk([ChunkChoice(index=choice.index, delta=Delta(), finish_reason=delta.finish_reason)],
-                        **extra)
+            calls = parser.calls if parser is not None else []
+            yield chunk([ChunkChoice(index=choice.index, delta=Delta(),
+                                     finish_reason=_finish_reason(delta.finish_reason, calls))], **extra)
     if plan.include_usage:
         yield chunk([], usage=run.usage())
+
+
+def _piece_choice(index: int, piece: str | ParsedCall, parser: ToolCallParser,
+                  logprobs: ChoiceLogprobs | None) -> ChunkChoice:
+    if isinstance(piece, str):
+        return ChunkChoice(index=index, delta=Delta(content=piece), logprobs=logprobs)
+    # A call's first delta: index, id, type and name, with empty arguments (OpenAI's shape).
+    return ChunkChoice(index=index, logprobs=logprobs, delta=Delta(tool_calls=[ToolCallDelta(
+        index=parser.calls.index(piece), id=piece.id, type="function",
+        function=FunctionCallDelta(name=piece.name, arguments=""))]))

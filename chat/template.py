@@ -72,15 +72,16 @@ class PromptRenderer:
         self.vision = vision
         self.stop_token_ids = end_of_turn_ids(family, tokenizer)
 
-    def render_text(self, messages: list[Message]) -> str:
+    def render_text(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
         conversation = [_template_message(m, self.vision) for m in messages]
+        extra = {"tools": tools} if tools else {}
         try:
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
-                                                      tokenize=False)
+                                                      tokenize=False, **extra)
         except Exception as exc:  # the template's own raise_exception(), e.g. role order rules
             raise invalid(f"The model's chat template rejected the messages: {exc}", "messages",
                           "invalid_messages") from exc
 
-    def render(self, messages: list[Message]) -> list[int]:
-        text = self.render_text(messages)
+    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        text = self.render_text(messages, tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -47,6 +47,14 @@ class EngineImage:
     data: Any  # engine-specific, e.g. (patches, grid) for the embedded engine
 
 
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """A grammar the sampled tokens must follow (tool calls, response_format), built once in tools/."""
+
+    grammar: str  # llguidance Lark grammar (may embed JSON schemas with %json)
+    key: str  # content hash of the grammar: equal keys, equal compiled grammars
+
+
 @dataclass(slots=True)
 class EngineRequest:
     request_id: str
@@ -57,6 +65,7 @@ class EngineRequest:
     top_logprobs: int = 0  # how many alternatives per position
     session_key: str | None = None
     images: list[EngineImage] = field(default_factory=list)  # in prompt order
+    constraint: Constraint | None = None
 
 
 @dataclass(slots=True)

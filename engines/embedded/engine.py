@@ -10,6 +10,7 @@ from typing import Any
 
 from engines.base import EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
 from engines.embedded.decoder import Decoder
+from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import LoadedModel
 from engines.embedded.scheduler import Group, Scheduler, SchedulerConfig
 from engines.embedded.vision import QwenVision
@@ -17,7 +18,8 @@ from engines.embedded.vision import QwenVision
 
 class EmbeddedEngine:
     def __init__(self, loaded: LoadedModel, *, family: str, config: SchedulerConfig, max_queue: int = 64,
-                 context_length: int | None = None, vision_cache_entries: int = 32) -> None:
+                 context_length: int | None = None, vision_cache_entries: int = 32,
+                 grammar_cache_entries: int = 128) -> None:
         model_config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
         native = int(getattr(model_config, "max_position_embeddings", 2048))
         ctx = min(context_length, native) if context_length else native
@@ -31,7 +33,9 @@ class EmbeddedEngine:
             image_token_id=self.vision.image_token_id if self.vision else None)
         self.tokenizer: Any = loaded.tokenizer
         self.max_queue = max_queue
-        self._scheduler = Scheduler(Decoder(loaded.model), loaded.tokenizer, ctx, config, self.vision)
+        decoder = Decoder(loaded.model)
+        self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, grammar_cache_entries)
+        self._scheduler = Scheduler(decoder, loaded.tokenizer, ctx, config, self.vision, self.grammars)
         self._groups: dict[str, Group] = {}
         self._closed = False
         self._scheduler.start()
@@ -44,6 +48,7 @@ class EmbeddedEngine:
                    "requests": len(self._groups)}
         if self.vision is not None:
             figures.update(self.vision.stats())
+        figures.update(self.grammars.stats())
         return figures
 
     def prepare_image(self, image: Any, digest: str, pixel_budget: int) -> EngineImage:

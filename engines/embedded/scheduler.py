@@ -22,6 +22,7 @@ import torch
 from engines.base import EngineError, EngineEvent, EngineRequest, TokenLogprob
 from engines.embedded.decoder import Decoder, KVCache
 from engines.embedded.detokenizer import IncrementalDetokenizer
+from engines.embedded.grammar import GrammarCompiler, GrammarState
 from engines.embedded.sampler import ChoiceSampler
 from engines.embedded.vision import QwenVision
 
@@ -62,15 +63,25 @@ class Choice:
     cache: KVCache
     sampler: ChoiceSampler
     detok: IncrementalDetokenizer
+    grammar: GrammarState | None = None
     last_token: int = 0
     generated: int = 0
+
+    def sample(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
+        if self.grammar is None:
+            return self.sampler.sample(logits)
+        self.grammar.restrict(logits)
+        token, logprob = self.sampler.sample(logits)
+        self.grammar.advance(token)
+        return token, logprob
 
 
 class Scheduler:
     def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerConfig,
-                 vision: QwenVision | None = None) -> None:
+                 vision: QwenVision | None = None, grammars: GrammarCompiler | None = None) -> None:
         self.decoder = decoder
         self.vision = vision
+        self.grammars = grammars
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.config = config
@@ -211,8 +222,12 @@ class Scheduler:
             sampler = ChoiceSampler(req.sampling, None if seed is None else seed + index,
                                     self.decoder.vocab_size, req.logprobs, req.top_logprobs)
             choice = Choice(group, index, cache, sampler, IncrementalDetokenizer(self.tokenizer))
+            if req.constraint is not None:
+                if self.grammars is None:
+                    raise ValueError("this engine has no grammar support")
+                choice.grammar = self.grammars.state(req.constraint)
             group.choices.append(choice)
-            token, logprob = sampler.sample(logits)
+            token, logprob = choice.sample(logits if choice.grammar is None else logits.clone())
             if self._advance(choice, token, logprob):
                 self._running.append(choice)
         group.cache = None
@@ -231,7 +246,7 @@ class Scheduler:
         still = []
         for row, choice in enumerate(batch):
             try:
-                token, logprob = choice.sampler.sample(logits[row])
+                token, logprob = choice.sample(logits[row])
                 if self._advance(choice, token, logprob):
                     still.append(choice)
             except Exception as exc:

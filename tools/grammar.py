@@ -1,0 +1,90 @@
+"""Grammars (llguidance's Lark dialect) that make tool calls and JSON output valid by construction.
+
+A tool call in the Hermes/Qwen format is
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {...}}
+    </tool_call>
+
+The grammar spells the fixed parts out literally, offers only the allowed names, and embeds each tool's
+parameter schema with `%json`, so the arguments are JSON that matches the schema, written the way
+json.dumps writes it. After the last call only the end of the turn is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from engines.base import Constraint
+from tools.schema import JSON_OPTIONS, closed_objects
+
+
+@dataclass(frozen=True, slots=True)
+class CallMarkers:
+    open: str  # e.g. "<tool_call>"
+    close: str
+    open_token: int | None  # the marker's id when it is a single token of the vocabulary
+    close_token: int | None
+
+
+def _marker(text: str, token: int | None) -> str:
+    # A single-token marker is matched as that token (as the template writes it), else as text.
+    return text if token is not None else json.dumps(text)
+
+
+def _json(schema: dict[str, Any]) -> str:
+    return "%json " + json.dumps({**closed_objects(schema), "x-guidance": JSON_OPTIONS})
+
+
+def tool_calls_rules(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool,
+                     after_open: bool) -> list[str]:
+    """Rules for `calls`: one call, or several when parallel; `after_open` starts past the first marker."""
+    open_, close = _marker(markers.open, markers.open_token), _marker(markers.close, markers.close_token)
+    bodies = []
+    rules = []
+    for i, (name, schema) in enumerate(tools):
+        head = json.dumps(f'{{"name": "{name}", "arguments": ')
+        rules.append(f"body{i}: {head} args{i} \"}}\"")
+        rules.append(f"args{i}: {_json(schema)}")
+        bodies.append(f"body{i}")
+    rules.append("body: " + " | ".join(bodies))
+    rules.append(f'call: {open_} "\\n" body "\\n" {close}')
+    first = 'first: "\\n" body "\\n" ' + close if after_open else "first: call"
+    rules.append(first)
+    rules.append('calls: first ("\\n" call)*' if parallel else "calls: first")
+    return rules
+
+
+def tool_calls_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool,
+                       after_open: bool = False) -> str:
+    return "\n".join(["start: calls", *tool_calls_rules(tools, markers, parallel=parallel, after_open=after_open)])
+
+
+def json_or_calls_grammar(schema: dict[str, Any], tools: list[tuple[str, dict[str, Any]]] | None,
+                          markers: CallMarkers | None, *, parallel: bool) -> str:
+    """JSON content matching `schema`, or (when tools are offered) tool calls instead."""
+    if not tools or markers is None:
+        return f"start: {_json(schema)}"
+    rules = tool_calls_rules(tools, markers, parallel=parallel, after_open=False)
+    return "\n".join(["start: json_answer | calls", f"json_answer: {_json(schema)}", *rules])
+
+
+def auto_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool) -> str:
+    """tool_choice "auto": free text, or tool calls (after some text or not), or one bare JSON call.
+
+    Text may not begin with "{": small models often write a call as bare JSON without the markers, and
+    this way such a reply is a constrained call too (the parser reads it as one). Free text costs the
+    matcher a few microseconds per token.
+    """
+    bare = {"anyOf": [{"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
+                       "required": ["name", "arguments"], "additionalProperties": False}
+                      for name, schema in tools]}
+    rules = tool_calls_rules(tools, markers, parallel=parallel, after_open=False)
+    return "\n".join(["start: TEXT | bare | TEXT? calls", "TEXT: /[^{](.|\\n)*/", f"bare: {_json(bare)}", *rules])
+
+
+def constraint(grammar: str) -> Constraint:
+    return Constraint(grammar=grammar, key=hashlib.sha256(grammar.encode()).hexdigest())

@@ -1,0 +1,110 @@
+"""The tools stage of the pipeline: tools, tool_choice and response_format -> what the template shows
+and the grammar the engine enforces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import APIError, invalid
+from app.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice
+from app.settings import Settings
+from engines.base import Constraint
+from tools import grammar as grammars
+from tools.calls import ToolCallParser
+from tools.schema import EMPTY_OBJECT, NAME, SchemaLimits, check_schema, check_size
+
+
+@dataclass(slots=True)
+class ToolPlan:
+    template_tools: list[dict[str, Any]] | None = None  # what the chat template is given
+    constraint: Constraint | None = None
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> arguments schema
+    markers: tuple[str, str] | None = None  # when set, tool calls between these are parsed from the output
+    bare_calls: bool = False  # a reply that is one JSON object {"name", "arguments"} is a call
+
+    def parser(self) -> ToolCallParser | None:
+        if self.markers is None:
+            return None
+        return ToolCallParser(self.markers[0], self.markers[1], self.schemas, bare=self.bare_calls)
+
+
+def _tool_markers(renderer: Any) -> grammars.CallMarkers | None:
+    markers = renderer.family.tool_call
+    if markers is None:
+        return None
+    vocab = renderer.tokenizer.get_vocab()
+    return grammars.CallMarkers(markers[0], markers[1], vocab.get(markers[0]), vocab.get(markers[1]))
+
+
+def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) -> ToolPlan:
+    tools = req.tools or []
+    choice = req.tool_choice
+    if len(tools) > settings.max_tools:
+        raise invalid(f"'tools' has {len(tools)} entries; the limit is {settings.max_tools}", "tools",
+                      "too_many_tools")
+    if not tools and choice not in (None, "none", "auto"):
+        raise invalid("'tool_choice' requires 'tools'", "tool_choice")
+    limits = SchemaLimits(settings.max_schema_bytes, settings.max_schema_depth)
+    schemas: dict[str, dict[str, Any]] = {}
+    all_schemas: list[tuple[str, Any]] = []
+    for i, tool in enumerate(tools):
+        name = tool.function.name
+        if not NAME.fullmatch(name):
+            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {name!r}",
+                          f"tools[{i}].function.name", "invalid_tool_name")
+        if name in schemas:
+            raise invalid(f"'tools[{i}].function.name': the name {name!r} is used by more than one tool",
+                          f"tools[{i}].function.name", "duplicate_tool_name")
+        params = tool.function.parameters if tool.function.parameters is not None else EMPTY_OBJECT
+        schemas[name] = params
+        all_schemas.append((f"tools[{i}].function.parameters", params))
+    response_schema = _response_schema(req)
+    if response_schema is not None:
+        all_schemas.append(("response_format.json_schema.schema", response_schema))
+    check_size(all_schemas, limits)
+    for param, schema in all_schemas:
+        check_schema(schema, param, object_root=param.startswith("tools"))
+
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in schemas:
+        raise invalid(f"'tool_choice' names the function {choice.function.name!r}, which is not among the tools",
+                      "tool_choice.function.name", "unknown_tool")
+    plan = ToolPlan(schemas=schemas)
+    offered = bool(tools) and choice != "none"
+    markers = _tool_markers(renderer) if offered else None
+    if offered:
+        if markers is None:
+            raise APIError(400, f"The model's family ({renderer.family.name}) has no tool-call format, so it "
+                           "cannot be given tools", param="tools", code="tools_not_supported")
+        plan.template_tools = [{"type": "function", "function": {
+            "name": t.function.name, "description": t.function.description or "",
+            "parameters": schemas[t.function.name]}} for t in tools]
+        plan.markers = (markers.open, markers.close)
+    parallel = req.parallel_tool_calls is not False
+    allowed = list(schemas.items())
+    if isinstance(choice, NamedToolChoice):
+        allowed = [(choice.function.name, schemas[choice.function.name])]
+    required = offered and (choice == "required" or isinstance(choice, NamedToolChoice))
+    if required:  # the whole reply is tool calls (response_format shapes content, and there is none)
+        assert markers is not None
+        plan.constraint = grammars.constraint(grammars.tool_calls_grammar(allowed, markers, parallel=parallel))
+    elif response_schema is not None:  # JSON content, or (tools offered) calls instead
+        plan.constraint = grammars.constraint(grammars.json_or_calls_grammar(
+            response_schema, allowed if offered else None, markers, parallel=parallel))
+    elif offered and markers is not None and markers.open_token is not None:
+        # auto: the model may answer in text; any call it makes is constrained.
+        plan.constraint = grammars.constraint(grammars.auto_grammar(allowed, markers, parallel=parallel))
+        plan.bare_calls = True
+    return plan
+
+
+def _response_schema(req: ChatCompletionRequest) -> dict[str, Any] | None:
+    fmt = req.response_format
+    if isinstance(fmt, JSONObjectFormat):
+        return {"type": "object"}
+    if isinstance(fmt, JSONSchemaFormat):
+        schema = fmt.json_schema.schema
+        if schema is None:
+            raise invalid("'response_format.json_schema.schema' is required", "response_format.json_schema.schema")
+        return schema
+    return None
