@@ -35,7 +35,7 @@ from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.output import ChoiceDelta, ChoiceStream
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
-from engines.base import Engine, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
+from engines.base import Engine, EngineError, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
 from multimodal.loader import ImageLoader
 from tools.calls import ParsedCall, ToolCallParser
 from tools.request import ToolPlan, plan_tools
@@ -79,6 +79,12 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     tools = ToolPlan()
     if req.tools or req.response_format or req.tool_choice:  # schema checks can be heavy: off the loop
         tools = await asyncio.to_thread(plan_tools, req, settings, renderer)
+        if tools.constraint is not None:
+            try:
+                await asyncio.to_thread(served.engine.prepare_constraint, tools.constraint)
+            except EngineError as exc:
+                raise APIError(exc.status, str(exc), param="tools" if req.tools else "response_format",
+                               code=exc.code) from None
     refs = collect_images(req.messages)
     images = []
     if refs:

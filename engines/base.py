@@ -106,6 +106,10 @@ class Engine(Protocol):
         """Admit the request (raising EngineError at once if refused) and return its events."""
         ...
 
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        """Blocking: get a grammar ready (compile and cache it) before the request is admitted."""
+        ...
+
     def prepare_image(self, image: Any, digest: str, pixel_budget: int) -> EngineImage:
         """Blocking and thread-safe: a decoded RGB image -> what this engine's model takes (vision models)."""
         ...

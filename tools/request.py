@@ -33,8 +33,16 @@ def _tool_markers(renderer: Any) -> grammars.CallMarkers | None:
     markers = renderer.family.tool_call
     if markers is None:
         return None
-    vocab = renderer.tokenizer.get_vocab()
-    return grammars.CallMarkers(markers[0], markers[1], vocab.get(markers[0]), vocab.get(markers[1]))
+    return grammars.CallMarkers(markers[0], markers[1], _single_token(renderer.tokenizer, markers[0]),
+                                _single_token(renderer.tokenizer, markers[1]))
+
+
+def _single_token(tokenizer: Any, text: str) -> int | None:
+    """The id of `text` when the vocabulary holds it as one token (get_vocab() would copy 150k entries)."""
+    token_id = tokenizer.convert_tokens_to_ids(text)
+    if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != text:
+        return None
+    return int(token_id)
 
 
 def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) -> ToolPlan:

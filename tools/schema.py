@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,8 +67,27 @@ def _path_of_key(schema: Any, key: str, path: str = "") -> str | None:
     return None
 
 
+# Schemas that passed, by their JSON text: agents send the same tools with every request, and the
+# metaschema check costs milliseconds per tool.
+_PASSED: OrderedDict[str, str] = OrderedDict()
+_PASSED_ENTRIES = 512
+
+
 def check_schema(schema: Any, param: str, *, object_root: bool) -> str:
     """Check one schema; return its llguidance grammar (the JSON grammar that enforces it)."""
+    key = f"{object_root}:{msgspec.json.encode(schema).decode()}"
+    grammar = _PASSED.get(key)
+    if grammar is not None:
+        _PASSED.move_to_end(key)
+        return grammar
+    grammar = _check(schema, param, object_root=object_root)
+    _PASSED[key] = grammar
+    if len(_PASSED) > _PASSED_ENTRIES:
+        _PASSED.popitem(last=False)
+    return grammar
+
+
+def _check(schema: Any, param: str, *, object_root: bool) -> str:
     if not isinstance(schema, dict):
         raise _invalid(f"'{param}' must be a JSON Schema object", param)
     if object_root and schema.get("type", "object") != "object":

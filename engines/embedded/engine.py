@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engines.base import EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
+from engines.base import Constraint, EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
 from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import LoadedModel
@@ -50,6 +50,14 @@ class EmbeddedEngine:
             figures.update(self.vision.stats())
         figures.update(self.grammars.stats())
         return figures
+
+    def prepare_constraint(self, constraint: Constraint) -> None:
+        """Blocking (call it off the event loop): compile the grammar now, not in the scheduler thread."""
+        try:
+            self.grammars.compile(constraint)
+        except ValueError as exc:
+            raise EngineError(f"The request's schemas are too complex to enforce: {exc}", status=400,
+                              code="grammar_too_complex") from None
 
     def prepare_image(self, image: Any, digest: str, pixel_budget: int) -> EngineImage:
         """Blocking (call it off the event loop): a decoded RGB image -> what the model's prompt takes."""

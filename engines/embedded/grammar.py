@@ -33,22 +33,26 @@ class GrammarCompiler:
         self.compiled = 0
         self.reused = 0
 
-    def state(self, constraint: Constraint) -> GrammarState:
+    def compile(self, constraint: Constraint) -> llguidance.LLMatcher:
+        """The compiled grammar for a constraint, from the cache or built now (blocking; drops the GIL)."""
         with self._lock:
             template = self._cache.get(constraint.key)
             if template is not None:
                 self._cache.move_to_end(constraint.key)
                 self.reused += 1
-        if template is None:
-            template = llguidance.LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
-            if template.is_error():
-                raise ValueError(f"the grammar does not compile: {template.get_error()}")
-            with self._lock:
-                self.compiled += 1
-                self._cache[constraint.key] = template
-                while len(self._cache) > self._cache_entries:
-                    self._cache.popitem(last=False)
-        return GrammarState(template.deep_copy(), self.vocab_size)
+                return template
+        template = llguidance.LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
+        if template.is_error():
+            raise ValueError(f"the grammar cannot be used: {template.get_error()}")
+        with self._lock:
+            self.compiled += 1
+            self._cache[constraint.key] = template
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return template
+
+    def state(self, constraint: Constraint) -> GrammarState:
+        return GrammarState(self.compile(constraint).deep_copy(), self.vocab_size)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
