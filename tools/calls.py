@@ -1,8 +1,9 @@
 """Tool calls out of generated text, incrementally: the same parser serves streaming and whole replies.
 
 Text outside `<tool_call>…</tool_call>` is content; each complete call becomes a ParsedCall whose
-arguments are re-serialised from the parsed JSON, so what a stream sends and what a whole reply holds are
-the same string. A call the model did not finish (max_tokens) is given back as content, never dropped.
+arguments string is cut from the model's own text (the grammar fixes its layout), and a stream sends a
+call only once it is complete, so what a stream sends and what a whole reply holds are the same string.
+A call the model did not finish (max_tokens) is given back as content, never dropped.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ class ToolCallParser:
 
     def feed(self, text: str) -> list[str | ParsedCall]:
         """New output text -> content pieces and complete calls, in order."""
-        self._pending += text
+        self._pending += "" if self.repeated else text  # after a repeated call the reply is over
         out: list[str | ParsedCall] = []
-        if self.bare and not self._shown and _may_be_bare_call(self._pending):
+        if self.bare and not self._shown and not self._in_call and not self.calls and _may_be_bare_call(self._pending):
             return out  # a bare JSON call, or JSON content: decided at the end
         while not self.repeated:
             if self._in_call:
@@ -65,7 +66,7 @@ class ToolCallParser:
                 self._pending = self._pending[start + len(self.open):]
                 self._in_call = True
                 if before.strip():
-                    out.append(before)
+                    out.append(before.rstrip())  # whitespace before a call is dropped however it arrives
                     self._shown = True
                 continue
             # Hold back what could be the start of a marker, and trailing whitespace before a call.
@@ -108,8 +109,8 @@ class ToolCallParser:
             global schema_mismatches
             schema_mismatches += 1
             log.error("tool call arguments for %r do not match the schema: %s", name, errors[0].message)
-        return ParsedCall(id=f"call_{uuid.uuid4().hex[:24]}", name=name,
-                          arguments=json.dumps(arguments, ensure_ascii=False))
+        text = _arguments_text(body, name, arguments)
+        return None if text is None else ParsedCall(id=f"call_{uuid.uuid4().hex[:24]}", name=name, arguments=text)
 
     def _record(self, call: ParsedCall) -> bool:
         """Keep a new call; an identical repeat ends the reply (small models loop on parallel calls)."""
@@ -119,6 +120,19 @@ class ToolCallParser:
             return False
         self.calls.append(call)
         return True
+
+
+def _arguments_text(body: str, name: str, arguments: dict[str, Any]) -> str | None:
+    """The arguments as the model wrote them when the call has the grammar's exact layout (JSON numbers
+    such as 1e999 have no float equivalent, so re-serialising could not carry them), else json.dumps."""
+    head = f'{{"name": {json.dumps(name)}, "arguments": '
+    body = body.strip()
+    if body.startswith(head) and body.endswith("}"):
+        return body[len(head):-1]
+    try:
+        return json.dumps(arguments, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # an overflowing number in an unconstrained (fenced) call: not usable as a call
+        return None
 
 
 _FENCE = "```json"

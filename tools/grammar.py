@@ -79,7 +79,9 @@ def auto_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, 
     this way such a reply is a constrained call too (the parser reads it as one). Free text costs the
     matcher a few microseconds per token.
     """
-    bare = {"anyOf": [{"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
+    # The "$id" keeps each tool's local $refs ("#/$defs/...", "#") pointing into its own schema.
+    bare = {"anyOf": [{"type": "object", "properties": {
+        "name": {"const": name}, "arguments": {"$id": f"urn:lodestar:tool:{name}", **schema}},
                        "required": ["name", "arguments"], "additionalProperties": False}
                       for name, schema in tools]}
     rules = tool_calls_rules(tools, markers, parallel=parallel, after_open=False)

@@ -30,6 +30,8 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
         req = request_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise from_decode_error(exc) from None
+    except RecursionError:  # msgspec's own guard against hostile nesting
+        raise APIError(400, "The JSON body is nested too deeply", code="invalid_json") from None
     served = served_model(state)
     model_id = resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)

@@ -183,4 +183,4 @@ def test_disconnect_stops_generation(small_server):
         if stats["running"] == 0 and stats["requests"] == 0:
             break
         time.sleep(0.05)
-    assert stats == {"running": 0, "waiting": 0, "requests": 0}
+    assert {k: stats[k] for k in ("running", "waiting", "requests")} == {"running": 0, "waiting": 0, "requests": 0}
