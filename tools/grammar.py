@@ -39,9 +39,8 @@ def _json(schema: dict[str, Any]) -> str:
     return "%json " + json.dumps({**closed_objects(schema), "x-guidance": JSON_OPTIONS})
 
 
-def tool_calls_rules(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool,
-                     after_open: bool) -> list[str]:
-    """Rules for `calls`: one call, or several when parallel; `after_open` starts past the first marker."""
+def tool_calls_rules(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool) -> list[str]:
+    """Rules for `calls`: one call, or several when parallel."""
     open_, close = _marker(markers.open, markers.open_token), _marker(markers.close, markers.close_token)
     bodies = []
     rules = []
@@ -52,15 +51,12 @@ def tool_calls_rules(tools: list[tuple[str, dict[str, Any]]], markers: CallMarke
         bodies.append(f"body{i}")
     rules.append("body: " + " | ".join(bodies))
     rules.append(f'call: {open_} "\\n" body "\\n" {close}')
-    first = 'first: "\\n" body "\\n" ' + close if after_open else "first: call"
-    rules.append(first)
-    rules.append('calls: first ("\\n" call)*' if parallel else "calls: first")
+    rules.append('calls: call ("\\n" call)*' if parallel else "calls: call")
     return rules
 
 
-def tool_calls_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool,
-                       after_open: bool = False) -> str:
-    return "\n".join(["start: calls", *tool_calls_rules(tools, markers, parallel=parallel, after_open=after_open)])
+def tool_calls_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool) -> str:
+    return "\n".join(["start: calls", *tool_calls_rules(tools, markers, parallel=parallel)])
 
 
 def json_or_calls_grammar(schema: dict[str, Any], tools: list[tuple[str, dict[str, Any]]] | None,
@@ -68,7 +64,7 @@ def json_or_calls_grammar(schema: dict[str, Any], tools: list[tuple[str, dict[st
     """JSON content matching `schema`, or (when tools are offered) tool calls instead."""
     if not tools or markers is None:
         return f"start: {_json(schema)}"
-    rules = tool_calls_rules(tools, markers, parallel=parallel, after_open=False)
+    rules = tool_calls_rules(tools, markers, parallel=parallel)
     return "\n".join(["start: json_answer | calls", f"json_answer: {_json(schema)}", *rules])
 
 
@@ -84,7 +80,7 @@ def auto_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, 
         "name": {"const": name}, "arguments": {"$id": f"urn:lodestar:tool:{name}", **schema}},
                        "required": ["name", "arguments"], "additionalProperties": False}
                       for name, schema in tools]}
-    rules = tool_calls_rules(tools, markers, parallel=parallel, after_open=False)
+    rules = tool_calls_rules(tools, markers, parallel=parallel)
     return "\n".join(["start: TEXT | bare | TEXT? calls", "TEXT: /[^{](.|\\n)*/", f"bare: {_json(bare)}", *rules])
 
 

@@ -132,13 +132,6 @@ def test_a_named_choice_offers_that_tool_only(accepts: Any, markers: CallMarkers
     assert not accepts(grammar, PARIS)
 
 
-def test_after_open_starts_inside_the_first_call(accepts: Any, markers: CallMarkers) -> None:
-    grammar = tool_calls_grammar(TOOLS, markers, parallel=True, after_open=True)
-    assert accepts(grammar, PARIS[len("<tool_call>"):])
-    assert accepts(grammar, PARIS[len("<tool_call>"):] + "\n" + UNIT_F)
-    assert not accepts(grammar, PARIS)
-
-
 def test_markers_that_are_not_single_tokens_are_matched_as_text(accepts: Any) -> None:
     markers = CallMarkers("[CALL]", "[/CALL]", None, None)
     grammar = tool_calls_grammar(TOOLS, markers, parallel=False)
