@@ -9,6 +9,7 @@ from app.settings import Settings
 from chat.families import detect_family
 from chat.images import image_policy
 from chat.pipeline import ServedModel
+from chat.reasoning import ReasoningSyntax
 from chat.template import PromptRenderer
 from multimodal.loader import ImageLoader
 
@@ -34,4 +35,6 @@ def build_served_model(settings: Settings) -> ServedModel:
         f"{loaded.model_id}:{settings.quantize}".encode()).hexdigest()[:10]
     log.info("serving %s (family %s, context %d, %s)", loaded.model_id, family.name,
              engine.model_info.context_length, settings.quantize)
-    return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images)
+    reasoning = ReasoningSyntax.for_model(family, loaded.tokenizer, settings.prompted_thinking)
+    return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images,
+                       reasoning=reasoning)

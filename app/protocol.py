@@ -121,6 +121,18 @@ class JSONSchemaFormat(msgspec.Struct, tag_field="type", tag="json_schema"):
 ResponseFormat = TextFormat | JSONObjectFormat | JSONSchemaFormat
 
 
+Effort = Literal["xhigh", "high", "medium", "low", "minimal", "none"]
+
+
+class Reasoning(msgspec.Struct):
+    """Seed 003's reasoning object."""
+
+    effort: Effort | None = None
+    max_tokens: int | None = None  # exact cap on reasoning tokens
+    exclude: bool | None = None  # keep the reasoning out of the response (still counted in usage)
+    enabled: bool | None = None
+
+
 class ChatCompletionRequest(msgspec.Struct):
     model: str
     messages: list[Message]
@@ -145,6 +157,8 @@ class ChatCompletionRequest(msgspec.Struct):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    reasoning: Reasoning | None = None
+    reasoning_effort: Effort | None = None  # OpenAI's spelling
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -186,6 +200,7 @@ class Usage(msgspec.Struct):
 class ResponseMessage(msgspec.Struct, omit_defaults=True):
     role: Literal["assistant"]
     content: str | None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = None
 
 
@@ -222,6 +237,7 @@ class ToolCallDelta(msgspec.Struct, omit_defaults=True):
 class Delta(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

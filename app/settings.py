@@ -54,6 +54,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_schema_bytes: int = 65_536  # all tool and response_format schemas of a request, as JSON
     max_schema_depth: int = 32  # nesting depth of one schema
     grammar_cache_entries: int = 128  # compiled grammars kept by content hash
+    # Reasoning (docs/reasoning.md)
+    # effort of requests that do not say (reasoning models), and of `reasoning: {enabled: true}`
+    reasoning_effort: Literal["xhigh", "high", "medium", "low", "minimal", "none"] = "medium"
+    prompted_thinking: bool = False  # models that do not reason think in <think> when a request asks them to
     # Images (docs/images.md)
     max_images: int = 8  # image parts per request
     image_pixels_low: int = 262_144  # pixel budget of detail "low" (512x512)

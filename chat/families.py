@@ -1,4 +1,4 @@
-"""Model-family quirks, in one registry: end-of-turn tokens, and (for later stages) think and tool markers.
+"""Model-family quirks, in one registry: end-of-turn tokens, reasoning markers and switch, tool-call markers.
 
 Adding a family is adding one entry. Nothing else in the code base asks which family a model is.
 """
@@ -14,7 +14,8 @@ class Family:
     name: str
     # Tokens that end an assistant turn, besides the tokenizer's own EOS token.
     end_of_turn: tuple[str, ...] = ()
-    # Markers around reasoning, e.g. ("<think>", "</think>").
+    # Markers around reasoning, e.g. ("<think>", "</think>"), for families that reason natively (when the
+    # chat template mentions the opening marker).
     think: tuple[str, str] | None = None
     # Markers around a tool call, e.g. ("<tool_call>", "</tool_call>").
     tool_call: tuple[str, str] | None = None
@@ -28,19 +29,28 @@ FAMILIES: dict[str, Family] = {
                     tool_call=("<tool_call>", "</tool_call>")),
     "qwen3": Family("qwen3", end_of_turn=("<|im_end|>", "<|endoftext|>"), think=("<think>", "</think>"),
                     tool_call=("<tool_call>", "</tool_call>"), thinking_switch="enable_thinking"),
+    "deepseek_r1": Family("deepseek_r1", end_of_turn=("<｜end▁of▁sentence｜>",), think=("<think>", "</think>")),
     "llama3": Family("llama3", end_of_turn=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")),
     "generic": Family("generic"),
 }
 
+# The markers of "prompted thinking" (settings.prompted_thinking) for families that do not reason natively.
+PROMPTED_THINK = ("<think>", "</think>")
+
+# Templates that identify a family whatever the architecture (distilled models reuse other architectures).
+_BY_TEMPLATE = (("<｜Assistant｜>", "deepseek_r1"),)
 # transformers model_type -> family, for models whose template is the family's own.
 _BY_MODEL_TYPE = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen2_5_vl": "qwen2"}
 
 
 def detect_family(model_type: str, chat_template: str | None) -> Family:
-    """Pick the family from the architecture, falling back to what the chat template looks like."""
+    """Pick the family from the template's signature, the architecture, or what the template looks like."""
+    template = chat_template or ""
+    for signature, name in _BY_TEMPLATE:
+        if signature in template:
+            return FAMILIES[name]
     if model_type in _BY_MODEL_TYPE:
         return FAMILIES[_BY_MODEL_TYPE[model_type]]
-    template = chat_template or ""
     if "<|im_start|>" in template:
         return FAMILIES["chatml"]
     if "<|start_header_id|>" in template:

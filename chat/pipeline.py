@@ -33,6 +33,7 @@ from app.protocol import (
 from app.settings import Settings
 from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.output import ChoiceDelta, ChoiceStream
+from chat.reasoning import ReasoningMode, ReasoningSplitter, ReasoningSyntax, decide
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
 from engines.base import Engine, EngineError, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
@@ -52,6 +53,7 @@ class ServedModel:
     renderer: PromptRenderer
     fingerprint: str
     images: ImageLoader | None = None  # vision models only
+    reasoning: ReasoningSyntax | None = None  # models that reason (natively, or prompted by the deployment)
     token_texts: TokenTexts = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,7 @@ class Plan:
     logprobs: bool
     confidence: bool
     tools: ToolPlan = field(default_factory=ToolPlan)
+    reasoning: ReasoningMode | None = None  # set when the output starts inside a reasoning section
 
 
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
@@ -90,11 +93,18 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     if refs:
         assert served.images is not None  # validation refused images for a model without vision
         images = await prepare_images(refs, settings, served.images, served.engine)
+    reasoning = decide(req, served.reasoning, settings)
+
+    def render() -> list[int]:
+        if reasoning is None:
+            return renderer.render(req.messages, tools.template_tools) if tools.template_tools else \
+                renderer.render(req.messages)
+        text = renderer.render_text(req.messages, tools.template_tools, reasoning.template_options)
+        return renderer.tokenize(reasoning.finish_prompt(text))
+
     size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in req.messages)
-    if size > _INLINE_RENDER_CHARS or tools.template_tools:
-        prompt_ids = await asyncio.to_thread(renderer.render, req.messages, tools.template_tools)
-    else:
-        prompt_ids = renderer.render(req.messages)
+    prompt_ids = await asyncio.to_thread(render) if size > _INLINE_RENDER_CHARS or tools.template_tools \
+        else render()
     if info.image_token_id is not None:
         prompt_ids = expand_placeholders(prompt_ids, info.image_token_id, images)
     context = info.context_length
@@ -125,13 +135,15 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     engine_request = EngineRequest(
         request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1, images=images,
-        constraint=tools.constraint,
+        constraint=tools.constraint, thinking=reasoning.budget(max_new) if reasoning else None,
         logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0)
+    if reasoning is not None and not reasoning.section:
+        reasoning = None  # thinking is off and the prompt says so: the output is all answer
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return Plan(request_id=request_id, created=int(time.time()), model=model_id,
                 engine_request=engine_request, stops=stops, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                logprobs=bool(req.logprobs), confidence=confidence, tools=tools)
+                logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning)
 
 
 class _Run:
@@ -142,6 +154,9 @@ class _Run:
         self.served = served
         self.choices = [ChoiceStream(i, plan.stops, plan.logprobs) for i in range(plan.engine_request.n)]
         self.parsers = [plan.tools.parser() for _ in self.choices]
+        syntax = plan.reasoning.syntax if plan.reasoning else None
+        self.splitters = [ReasoningSplitter(syntax.open, syntax.close) if syntax else None for _ in self.choices]
+        self.generated = [0 for _ in self.choices]  # tokens per choice, reasoning included
         self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
@@ -159,26 +174,42 @@ class _Run:
         finally:
             await stream.aclose()  # stops the engine's work for a request that ends early
 
-    def process(self, choice: ChoiceStream, event: EngineEvent) -> tuple[ChoiceDelta, list[str | ParsedCall]]:
-        """Feed one event to its choice; with tools, also split the new text into content and calls."""
+    def process(self, choice: ChoiceStream, event: EngineEvent) -> tuple[str, ChoiceDelta, list[str | ParsedCall]]:
+        """Feed one event to its choice: reasoning is split off first, then the answer goes through stop
+        strings and, with tools, is split into content and calls."""
+        if not choice.finished:  # a choice ended by a stop string ignores what its engine still sends
+            self.generated[choice.index] += len(event.token_ids)
+        splitter = self.splitters[choice.index]
+        reasoning = ""
+        if splitter is not None and not choice.finished:
+            reasoning, event = splitter.feed(event)
+            if self.plan.reasoning is not None and self.plan.reasoning.exclude:
+                reasoning = ""
         delta = choice.feed(event)
         parser = self.parsers[choice.index]
         if parser is None:
-            return delta, []
+            return reasoning, delta, []
         pieces = parser.feed(delta.text)
         if parser.repeated and delta.finish_reason is None:
             delta.finish_reason = choice.end("stop").finish_reason
         if delta.finish_reason is not None:
             pieces += parser.finish()
         self.pieces[choice.index].extend(pieces)
-        return delta, pieces
+        return reasoning, delta, pieces
+
+    def reasoning_content(self, index: int) -> str | None:
+        splitter = self.splitters[index]
+        if splitter is None or (self.plan.reasoning is not None and self.plan.reasoning.exclude):
+            return None
+        return splitter.text
 
     def usage(self) -> Usage:
-        completion = sum(c.completion_tokens for c in self.choices)
+        completion = sum(self.generated)
+        reasoning = sum(s.reasoning_tokens for s in self.splitters if s is not None)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
                      total_tokens=self.prompt_tokens + completion,
                      prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
-                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0))
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning))
 
     def confidence_score(self) -> float | None:
         """100 x the geometric mean of the sampled tokens' probabilities, over all choices."""
@@ -212,7 +243,8 @@ async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
         calls = [p for p in pieces if isinstance(p, ParsedCall)]
         if parser is not None:
             content = "".join(p for p in pieces if isinstance(p, str)) or (None if calls else "")
-        message = ResponseMessage(role="assistant", content=content, tool_calls=[
+        message = ResponseMessage(role="assistant", content=content,
+                                  reasoning_content=run.reasoning_content(c.index), tool_calls=[
             ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
             for call in calls] or None)
         choices.append(Choice(index=c.index, message=message, logprobs=run.logprobs_out(c.logprobs),
@@ -243,7 +275,9 @@ async def _chunks(run: _Run) -> AsyncIterator[ChatCompletionChunk]:
     yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content=""))
                  for c in run.choices])
     async for choice, event in run.events():
-        delta, pieces = run.process(choice, event)
+        reasoning, delta, pieces = run.process(choice, event)
+        if reasoning:
+            yield chunk([ChunkChoice(index=choice.index, delta=Delta(reasoning_content=reasoning))])
         parser = run.parsers[choice.index]
         if parser is None:
             if delta.text or delta.logprobs:

@@ -47,6 +47,8 @@ def _template_message(message: Message, vision: bool) -> dict[str, Any]:
             {"id": call.id, "type": "function",
              "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)}}
             for call in message.tool_calls]
+    if isinstance(message, AssistantMessage) and message.reasoning_content:
+        out["reasoning_content"] = message.reasoning_content  # reasoning templates decide what to keep
     if isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
     name = getattr(message, "name", None)
@@ -72,9 +74,12 @@ class PromptRenderer:
         self.vision = vision
         self.stop_token_ids = end_of_turn_ids(family, tokenizer)
 
-    def render_text(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> str:
+    def render_text(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
+                    options: dict[str, Any] | None = None) -> str:
+        """`options` are template keywords such as a thinking switch."""
         conversation = [_template_message(m, self.vision) for m in messages]
         extra = {"tools": tools} if tools else {}
+        extra.update(options or {})
         try:
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
                                                       tokenize=False, **extra)
@@ -83,5 +88,7 @@ class PromptRenderer:
                           "invalid_messages") from exc
 
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        text = self.render_text(messages, tools)
+        return self.tokenize(self.render_text(messages, tools))
+
+    def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

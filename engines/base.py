@@ -55,6 +55,18 @@ class Constraint:
     key: str  # content hash of the grammar: equal keys, equal compiled grammars
 
 
+@dataclass(frozen=True, slots=True)
+class ThinkingBudget:
+    """Cap a reasoning section the prompt has opened: after `max_tokens` generated tokens without
+    `close_text`, the engine inserts `close_ids` itself and the model goes on with its answer. A stop
+    token sampled inside the section is replaced by `close_ids` too, so an answer always follows.
+    A constraint, if any, applies from the end of the section on."""
+
+    max_tokens: int
+    close_text: str  # e.g. "</think>"
+    close_ids: tuple[int, ...]  # e.g. the tokens of "\n</think>\n\n"
+
+
 @dataclass(slots=True)
 class EngineRequest:
     request_id: str
@@ -66,6 +78,7 @@ class EngineRequest:
     session_key: str | None = None
     images: list[EngineImage] = field(default_factory=list)  # in prompt order
     constraint: Constraint | None = None
+    thinking: ThinkingBudget | None = None  # only for engines whose `thinking_budgets` is true
 
 
 @dataclass(slots=True)
@@ -86,6 +99,7 @@ class EngineEvent:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    forced: bool = False  # the engine inserted these tokens (a reasoning budget's close), it did not sample them
 
 
 class EngineError(Exception):
@@ -101,6 +115,9 @@ class EngineError(Exception):
 
 class Engine(Protocol):
     model_info: ModelInfo
+    # Whether the engine enforces EngineRequest.thinking inside one generation; if not, the pipeline
+    # enforces reasoning budgets with two calls.
+    thinking_budgets: bool
 
     def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         """Admit the request (raising EngineError at once if refused) and return its events."""

@@ -83,7 +83,8 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 
 @pytest.fixture(scope="session")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("default"), "--model", DEFAULT_MODEL)
+    # Prompted thinking only changes requests that ask for reasoning (tests/e2e/test_reasoning.py).
+    server = start_server(tmp_path_factory.mktemp("default"), "--model", DEFAULT_MODEL, "--prompted-thinking")
     yield server
     server.stop()
 
@@ -94,6 +95,14 @@ def tiny_vl_model() -> Path:
     from fixtures.models.tiny_qwen2_5_vl import DEFAULT_OUT, build, default_tokenizer_folder
 
     return build(DEFAULT_OUT, default_tokenizer_folder())
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_model() -> Path:
+    """The tiny random-weight Qwen3 (Qwen3's tokenizer and template), built offline on first use."""
+    from fixtures.models.tiny_qwen3 import DEFAULT_OUT, build
+
+    return build(DEFAULT_OUT)
 
 
 @pytest.fixture()

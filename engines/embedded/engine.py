@@ -17,6 +17,8 @@ from engines.embedded.vision import QwenVision
 
 
 class EmbeddedEngine:
+    thinking_budgets = True  # the scheduler closes a reasoning section mid-generation (engines/thinking.py)
+
     def __init__(self, loaded: LoadedModel, *, family: str, config: SchedulerConfig, max_queue: int = 64,
                  context_length: int | None = None, vision_cache_entries: int = 32,
                  grammar_cache_entries: int = 128) -> None:

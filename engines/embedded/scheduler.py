@@ -25,6 +25,7 @@ from engines.embedded.detokenizer import IncrementalDetokenizer
 from engines.embedded.grammar import GrammarCompiler, GrammarState
 from engines.embedded.sampler import ChoiceSampler
 from engines.embedded.vision import QwenVision
+from engines.thinking import ThinkingTracker
 
 log = logging.getLogger("lodestar.scheduler")
 
@@ -64,15 +65,33 @@ class Choice:
     sampler: ChoiceSampler
     detok: IncrementalDetokenizer
     grammar: GrammarState | None = None
+    thinking: ThinkingTracker | None = None
+    forced: deque[int] = field(default_factory=deque)  # inserted tokens still to feed (a reasoning close)
+    last_forced: bool = False
     last_token: int = 0
     generated: int = 0
 
-    def sample(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
-        if self.grammar is None:
-            return self.sampler.sample(logits)
-        self.grammar.restrict(logits)
+    def pick(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
+        """The next token: an inserted one if any is due, else sampled (under the grammar, once the
+        reasoning section, if any, is closed)."""
+        thinking = self.thinking
+        if thinking is not None and thinking.must_close():
+            self.forced.extend(thinking.budget.close_ids)
+        if self.forced:
+            self.last_forced = True
+            return self.forced.popleft(), None
+        self.last_forced = False
+        grammar = self.grammar if thinking is None or thinking.answering else None
+        if grammar is not None:
+            grammar.restrict(logits)
         token, logprob = self.sampler.sample(logits)
-        self.grammar.advance(token)
+        if grammar is not None:
+            grammar.advance(token)
+        if thinking is not None and token in self.group.req.sampling.stop_token_ids and \
+                thinking.close_on_stop():  # an answer must follow the reasoning: close it instead
+            self.forced.extend(thinking.budget.close_ids)
+            self.last_forced = True
+            return self.forced.popleft(), None
         return token, logprob
 
 
@@ -226,8 +245,10 @@ class Scheduler:
                 if self.grammars is None:
                     raise ValueError("this engine has no grammar support")
                 choice.grammar = self.grammars.state(req.constraint)
+            if req.thinking is not None:
+                choice.thinking = ThinkingTracker(req.thinking)
             group.choices.append(choice)
-            token, logprob = choice.sample(logits if choice.grammar is None else logits.clone())
+            token, logprob = choice.pick(logits if choice.grammar is None else logits.clone())
             if self._advance(choice, token, logprob):
                 self._running.append(choice)
         group.cache = None
@@ -246,7 +267,7 @@ class Scheduler:
         still = []
         for row, choice in enumerate(batch):
             try:
-                token, logprob = choice.sample(logits[row])
+                token, logprob = choice.pick(logits[row])
                 if self._advance(choice, token, logprob):
                     still.append(choice)
             except Exception as exc:
@@ -261,7 +282,7 @@ class Scheduler:
         choice.generated += 1
         choice.last_token = token
         finish = None
-        if token in req.sampling.stop_token_ids:
+        if token in req.sampling.stop_token_ids and not choice.last_forced:
             finish, text = "stop", choice.detok.flush()
         else:
             text = choice.detok.push(token)
@@ -269,8 +290,10 @@ class Scheduler:
                     choice.cache.length + 1 >= self.context_length:
                 finish = "length"
                 text += choice.detok.flush()
+        if choice.thinking is not None:
+            choice.thinking.feed(text)
         choice.group.emit(EngineEvent(
             index=choice.index, token_ids=[token], text=text,
             logprobs=[logprob] if logprob is not None else None, finish_reason=finish,
-            prompt_tokens=len(req.prompt_ids), cached_tokens=0))
+            prompt_tokens=len(req.prompt_ids), cached_tokens=0, forced=choice.last_forced))
         return finish is None
