@@ -34,6 +34,7 @@ from app.settings import Settings
 from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.output import ChoiceDelta, ChoiceStream
 from chat.reasoning import ReasoningMode, ReasoningSplitter, ReasoningSyntax, decide
+from chat.reasoning_calls import generate_with_budget
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
 from engines.base import Engine, EngineError, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
@@ -160,7 +161,11 @@ class _Run:
         self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
-        self._stream = served.engine.generate(plan.engine_request)  # raises now if not admitted
+        engine, req = served.engine, plan.engine_request
+        if req.thinking is not None and not getattr(engine, "thinking_budgets", False):
+            self._stream = generate_with_budget(engine, req)  # raises now if not admitted
+        else:
+            self._stream = engine.generate(req)
 
     async def events(self) -> AsyncIterator[tuple[ChoiceStream, EngineEvent]]:
         stream = self._stream

@@ -32,7 +32,8 @@ class ReasoningSyntax:
     close: str
     native: bool  # the chat template knows the markers (else: prompted thinking)
     switch: str | None  # the template keyword that turns thinking on or off, e.g. "enable_thinking"
-    close_ids: tuple[int, ...]  # what a budget inserts: "\n</think>\n\n"
+    close_insert: str  # what a budget inserts: "\n</think>\n\n"
+    close_ids: tuple[int, ...]  # its tokens
 
     @classmethod
     def for_model(cls, family: Family, tokenizer: Any, prompted: bool) -> ReasoningSyntax | None:
@@ -45,8 +46,9 @@ class ReasoningSyntax:
             return None  # this model does not reason: reasoning requests have no effect
         switch = family.thinking_switch if native and family.thinking_switch and \
             family.thinking_switch in template else None
-        close_ids = tuple(tokenizer(f"\n{close}\n\n", add_special_tokens=False)["input_ids"])
-        return cls(open_, close, native, switch, close_ids)
+        insert = f"\n{close}\n\n"
+        ids = tuple(tokenizer(insert, add_special_tokens=False)["input_ids"])
+        return cls(open_, close, native, switch, insert, ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,8 @@ class ReasoningMode:
             if effort == "none":
                 effort = _ENABLED_FALLBACK
             tokens = max(1, int(EFFORT_SHARE[effort] * max_new_tokens))
-        return ThinkingBudget(max_tokens=tokens, close_text=self.syntax.close, close_ids=self.syntax.close_ids)
+        return ThinkingBudget(max_tokens=tokens, close_text=self.syntax.close, close_ids=self.syntax.close_ids,
+                              close_insert=self.syntax.close_insert)
 
 
 def decide(req: ChatCompletionRequest, syntax: ReasoningSyntax | None, settings: Settings) -> ReasoningMode | None:

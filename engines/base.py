@@ -65,6 +65,7 @@ class ThinkingBudget:
     max_tokens: int
     close_text: str  # e.g. "</think>"
     close_ids: tuple[int, ...]  # e.g. the tokens of "\n</think>\n\n"
+    close_insert: str = ""  # the text of close_ids
 
 
 @dataclass(slots=True)
