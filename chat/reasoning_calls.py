@@ -19,19 +19,25 @@ from engines.thinking import ThinkingTracker
 
 
 def generate_with_budget(engine: Engine, req: EngineRequest) -> AsyncIterator[EngineEvent]:
-    """Like engine.generate(req) for a request with a reasoning budget; admission errors are raised now."""
-    assert req.thinking is not None
+    """Like engine.generate(req) for a request with a reasoning budget; admission errors are raised now
+    (those of each choice's first call: the thinking call, or with a budget of 0 the answer call)."""
+    budget = req.thinking
+    assert budget is not None
     firsts: list[AsyncIterator[EngineEvent] | None] = [None] * req.n
-    if req.thinking.max_tokens > 0:
-        try:
-            for index in range(req.n):
-                firsts[index] = engine.generate(_thinking_call(req, req.thinking, index))
-        except BaseException:  # one choice refused: release the ones admitted
-            for stream in firsts:
-                if stream is not None:
-                    asyncio.ensure_future(stream.aclose())  # type: ignore[attr-defined]
-            raise
-    streams = [_choice(engine, req, index, first) for index, first in enumerate(firsts)]
+    answers: list[AsyncIterator[EngineEvent] | None] = [None] * req.n
+    try:
+        for index in range(req.n):
+            if budget.max_tokens > 0:
+                firsts[index] = engine.generate(_thinking_call(req, budget, index))
+            elif len(budget.close_ids) < req.sampling.max_new_tokens:  # the close, then at once the answer
+                answers[index] = engine.generate(_answer_call(req, index, list(budget.close_ids)))
+    except BaseException:  # one choice refused: release the ones admitted
+        for stream in (*firsts, *answers):
+            if stream is not None:
+                asyncio.ensure_future(stream.aclose())  # type: ignore[attr-defined]
+        raise
+    streams = [_choice(engine, req, index, first, answer)
+               for index, (first, answer) in enumerate(zip(firsts, answers, strict=True))]
     return streams[0] if len(streams) == 1 else _merge(streams)
 
 
@@ -46,8 +52,18 @@ def _thinking_call(req: EngineRequest, budget: ThinkingBudget, index: int) -> En
                    thinking=None)
 
 
-async def _choice(engine: Engine, req: EngineRequest, index: int,
-                  first: AsyncIterator[EngineEvent] | None) -> AsyncIterator[EngineEvent]:
+def _answer_call(req: EngineRequest, index: int, generated: list[int]) -> EngineRequest:
+    """The rest of choice `index` after its reasoning: `generated` (reasoning and close) joins the prompt."""
+    sampling = replace(req.sampling, seed=_seed(req, index),
+                       max_new_tokens=req.sampling.max_new_tokens - len(generated),
+                       min_new_tokens=max(1, req.sampling.min_new_tokens))  # an answer follows the close
+    return replace(req, request_id=f"{req.request_id}-answer{index}", n=1, thinking=None,
+                   prompt_ids=[*req.prompt_ids, *generated], sampling=sampling)
+
+
+async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncIterator[EngineEvent] | None,
+                  answer: AsyncIterator[EngineEvent] | None = None) -> AsyncIterator[EngineEvent]:
+    """One choice: `first` is its thinking call; `answer`, its answer call when admitted beforehand."""
     budget = req.thinking
     assert budget is not None
     tracker = ThinkingTracker(budget)
@@ -74,21 +90,23 @@ async def _choice(engine: Engine, req: EngineRequest, index: int,
         finally:
             await first.aclose()  # type: ignore[attr-defined]
     if not tracker.answering:
-        generated.extend(budget.close_ids)
-        yield EngineEvent(index=index, token_ids=list(budget.close_ids), text=budget.close_insert, forced=True,
-                          prompt_tokens=len(req.prompt_ids))
+        # Never past the request's limit: like an engine that inserts it, cut the close short (its text
+        # then stays out: a partial marker is no close).
+        close = list(budget.close_ids[: max(0, limit - len(generated))])
+        generated.extend(close)
+        yield EngineEvent(index=index, token_ids=close, forced=True, prompt_tokens=len(req.prompt_ids),
+                          text=budget.close_insert if len(close) == len(budget.close_ids) else "")
     remaining = limit - len(generated)
     if remaining <= 0:
         yield EngineEvent(index=index, token_ids=[], text="", finish_reason="length",
                           prompt_tokens=len(req.prompt_ids))
         return
-    answer = replace(req, request_id=f"{req.request_id}-answer{index}", n=1, thinking=None,
-                     prompt_ids=[*req.prompt_ids, *generated],
-                     sampling=replace(req.sampling, seed=_seed(req, index), max_new_tokens=remaining))
-    stream = engine.generate(answer)
+    stream = answer if answer is not None else engine.generate(_answer_call(req, index, generated))
     try:
         async for event in stream:
-            yield replace(event, index=index, prompt_tokens=len(req.prompt_ids))
+            # Counts of the original prompt: the answer call's prompt also holds the reasoning.
+            yield replace(event, index=index, prompt_tokens=len(req.prompt_ids),
+                          cached_tokens=min(event.cached_tokens, len(req.prompt_ids)))
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
 

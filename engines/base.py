@@ -36,6 +36,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    min_new_tokens: int = 0  # stop tokens are not sampled before this many new tokens (SGLang's name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,8 @@ class Constraint:
 class ThinkingBudget:
     """Cap a reasoning section the prompt has opened: after `max_tokens` generated tokens without
     `close_text`, the engine inserts `close_ids` itself and the model goes on with its answer. A stop
-    token sampled inside the section is replaced by `close_ids` too, so an answer always follows.
+    token sampled inside the section is replaced by `close_ids` too, and the first token after the close
+    is never a stop token, so an answer always follows.
     A constraint, if any, applies from the end of the section on."""
 
     max_tokens: int

@@ -11,18 +11,24 @@ from engines.base import ThinkingBudget
 
 
 class ThinkingTracker:
-    __slots__ = ("budget", "count", "answering", "closing", "_tail")
+    __slots__ = ("budget", "count", "answering", "answer_tokens", "closing", "_tail")
 
     def __init__(self, budget: ThinkingBudget) -> None:
         self.budget = budget
         self.count = 0  # tokens generated while the section was open, the closing one included
         self.answering = False  # the close marker has been generated: the answer is being written
+        self.answer_tokens = 0  # tokens after the close
         self.closing = False  # the close was inserted and is being fed
         self._tail = ""  # end of the text so far, long enough to find a close marker split across tokens
 
     @property
     def thinking(self) -> bool:
         return not self.answering
+
+    @property
+    def answer_due(self) -> bool:
+        """The section has just closed: the next token starts the answer and must not end the turn."""
+        return self.answering and self.answer_tokens == 0
 
     def must_close(self) -> bool:
         """Whether the next token must start the inserted close; true at most once."""
@@ -41,6 +47,7 @@ class ThinkingTracker:
     def feed(self, text: str) -> None:
         """Account one more token of the choice, with the text it produced."""
         if self.answering:
+            self.answer_tokens += 1
             return
         self.count += 1
         close = self.budget.close_text

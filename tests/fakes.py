@@ -2,6 +2,7 @@
 
 FakeEngine implements the Engine protocol of engines/base.py: every choice spells out a scripted text one
 token per event, then ends with an end-of-turn token (finish "stop") or at max_new_tokens (finish "length").
+It has no `thinking_budgets`, so the pipeline enforces reasoning budgets with two calls (chat/reasoning_calls.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class FakeTokenizer:
     def id_of(self, piece: str) -> int:
         return self._ids[piece]
 
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        """None for a text that is not one token (tools/request.py asks it of tool-call markers)."""
+        return self._ids.get(token.replace("Ġ", " "))
+
     def convert_ids_to_tokens(self, ids: int | list[int]) -> str | list[str]:
         if isinstance(ids, list):
             return [self._text[i].replace(" ", "Ġ") for i in ids]
@@ -52,6 +57,7 @@ class FakeRenderer:
         self.tokenizer = tokenizer
         self.stop_token_ids: tuple[int, ...] = (EOS_ID,)
         self.rendered: list[list[Any]] = []
+        self.texts: list[str] = []  # what tokenize() was given
 
     def render(self, messages: list[Any]) -> list[int]:
         self.rendered.append(list(messages))
@@ -64,11 +70,24 @@ class FakeRenderer:
             ids.extend(3 for _ in text.split())
         return ids
 
+    def render_text(self, messages: list[Any], tools: list[dict[str, Any]] | None = None,
+                    options: dict[str, Any] | None = None) -> str:
+        """The text path (the reasoning stage appends its opening marker to it): one line per message."""
+        self.rendered.append(list(messages))
+        lines = [f"{m.__struct_config__.tag}: {m.content if isinstance(m.content, str) else ''}" for m in messages]
+        return "\n".join([*lines, "assistant: "])
+
+    def tokenize(self, text: str) -> list[int]:
+        """One id per word, like render(); the texts are kept in `.texts`."""
+        self.texts.append(text)
+        return [3 for _ in text.split()] or [1]
+
 
 class FakeEngine:
     def __init__(self, script: Sequence[str] = DEFAULT_SCRIPT, *, model_id: str = "fake-model",
                  aliases: tuple[str, ...] = ("fake",), context_length: int = 512, vision: bool = False,
-                 logprob: float = -0.25, cached_tokens: int = 0, fail_after: int | None = None) -> None:
+                 logprob: float = -0.25, cached_tokens: int = 0, fail_after: int | None = None,
+                 resume: bool = False) -> None:
         self.model_info = ModelInfo(id=model_id, aliases=aliases, context_length=context_length,
                                     vision=vision, family="generic", created=int(time.time()))
         self.script = list(script)
@@ -76,6 +95,9 @@ class FakeEngine:
         self.logprob = logprob
         self.cached_tokens = cached_tokens
         self.fail_after = fail_after  # raise EngineError after this many decode steps
+        # A prompt that holds scripted tokens continues the script after them (as the second of the
+        # pipeline's two reasoning calls continues the first); else every request spells it from the start.
+        self.resume = resume
         self.full = False  # refuse admission like a full queue (429)
         self.is_ready = True
         self.requests: list[EngineRequest] = []
@@ -104,6 +126,9 @@ class FakeEngine:
 
     async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         sequence = [self.tokenizer.id_of(p) for p in self.script] + [EOS_ID]
+        if self.resume:
+            scripted = set(sequence)
+            sequence = sequence[sum(1 for t in req.prompt_ids if t in scripted):]
         limit = req.sampling.max_new_tokens
         live = set(range(req.n))
         step = 0

@@ -81,14 +81,19 @@ class Choice:
             self.last_forced = True
             return self.forced.popleft(), None
         self.last_forced = False
+        stops = self.group.req.sampling.stop_token_ids
+        if stops and (self.generated < self.group.req.sampling.min_new_tokens or
+                      (thinking is not None and thinking.answer_due)):
+            logits = logits.clone()  # the row may be shared by a request's choices
+            logits[list(stops)] = float("-inf")
         grammar = self.grammar if thinking is None or thinking.answering else None
         if grammar is not None:
             grammar.restrict(logits)
         token, logprob = self.sampler.sample(logits)
         if grammar is not None:
             grammar.advance(token)
-        if thinking is not None and token in self.group.req.sampling.stop_token_ids and \
-                thinking.close_on_stop():  # an answer must follow the reasoning: close it instead
+        if thinking is not None and token in stops and thinking.close_on_stop():
+            # The turn would end inside the reasoning: close the reasoning instead, an answer follows.
             self.forced.extend(thinking.budget.close_ids)
             self.last_forced = True
             return self.forced.popleft(), None
