@@ -60,8 +60,8 @@ class Constraint:
 class ThinkingBudget:
     """Cap a reasoning section the prompt has opened: after `max_tokens` generated tokens without
     `close_text`, the engine inserts `close_ids` itself and the model goes on with its answer. A stop
-    token sampled inside the section is replaced by `close_ids` too, and the first token after the close
-    is never a stop token, so an answer always follows.
+    token sampled inside the section is replaced by `close_ids` too, and no stop token is sampled after the
+    close until the answer has begun, so an answer always follows.
     A constraint, if any, applies from the end of the section on."""
 
     max_tokens: int

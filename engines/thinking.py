@@ -11,13 +11,13 @@ from engines.base import ThinkingBudget
 
 
 class ThinkingTracker:
-    __slots__ = ("budget", "count", "answering", "answer_tokens", "closing", "_tail")
+    __slots__ = ("budget", "count", "answering", "answer_started", "closing", "_tail")
 
     def __init__(self, budget: ThinkingBudget) -> None:
         self.budget = budget
         self.count = 0  # tokens generated while the section was open, the closing one included
         self.answering = False  # the close marker has been generated: the answer is being written
-        self.answer_tokens = 0  # tokens after the close
+        self.answer_started = False  # text besides whitespace (and repeated close markers) followed the close
         self.closing = False  # the close was inserted and is being fed
         self._tail = ""  # end of the text so far, long enough to find a close marker split across tokens
 
@@ -27,8 +27,8 @@ class ThinkingTracker:
 
     @property
     def answer_due(self) -> bool:
-        """The section has just closed: the next token starts the answer and must not end the turn."""
-        return self.answering and self.answer_tokens == 0
+        """The section is closed and the answer has not begun: the turn must not end yet."""
+        return self.answering and not self.answer_started
 
     def must_close(self) -> bool:
         """Whether the next token must start the inserted close; true at most once."""
@@ -47,13 +47,16 @@ class ThinkingTracker:
     def feed(self, text: str) -> None:
         """Account one more token of the choice, with the text it produced."""
         if self.answering:
-            self.answer_tokens += 1
+            if not self.answer_started:
+                self._tail += text
+                self.answer_started = bool(self._tail.replace(self.budget.close_text, "").strip())
             return
         self.count += 1
         close = self.budget.close_text
         tail = self._tail + text
         if close in tail:
             self.answering = True
-            self._tail = ""
+            self._tail = tail.split(close, 1)[1]  # the answer may begin in the same token
+            self.answer_started = bool(self._tail.replace(close, "").strip())
         else:
             self._tail = tail[-(len(close) - 1):] if len(close) > 1 else ""

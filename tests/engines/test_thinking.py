@@ -161,3 +161,22 @@ def test_single_character_close_text() -> None:
     assert t.thinking
     t.feed("c|d")
     assert t.answering and t.count == 2
+
+
+def test_answer_is_due_until_text_other_than_whitespace_follows_the_close() -> None:
+    tracker = ThinkingTracker(ThinkingBudget(8, "</think>", (1, 2, 3)))
+    tracker.feed("idea")
+    assert not tracker.answer_due  # still thinking: nothing is due yet
+    tracker.feed("</think>")
+    assert tracker.answer_due
+    tracker.feed("\n\n")
+    tracker.feed("</think>")  # a repeated close is no answer either
+    assert tracker.answer_due
+    tracker.feed(" Yes")
+    assert not tracker.answer_due
+
+
+def test_answer_may_begin_in_the_closing_token() -> None:
+    tracker = ThinkingTracker(ThinkingBudget(8, "</think>", (1, 2, 3)))
+    tracker.feed("done</think>\n\nOK")
+    assert tracker.answering and not tracker.answer_due
