@@ -43,6 +43,23 @@ def test_every_key_has_a_flag() -> None:
     assert set(settings_keys()) <= dests
 
 
+def test_every_key_is_documented_with_its_variable_and_flag() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in docs.splitlines() if line.startswith("| `")}
+    assert set(settings_keys()) <= set(rows), set(settings_keys()) - set(rows)
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    flag_of = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    for key in settings_keys():
+        assert f"LODESTAR_{key.upper()}" in rows[key] and flag_of[key] in rows[key], key
+
+
+def test_reasoning_defaults() -> None:
+    s = Settings()
+    assert s.reasoning_effort == "medium" and s.prompted_thinking is False
+    assert load_settings(flags("--prompted-thinking", "--reasoning-effort", "none"), environ={}).prompted_thinking
+
+
 def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
