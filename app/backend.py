@@ -28,6 +28,7 @@ def build_served_model(settings: Settings) -> ServedModel:
     engine = EmbeddedEngine(
         loaded, family=family.name, max_queue=settings.max_queue, context_length=settings.context_length,
         vision_cache_entries=settings.vision_cache_entries, grammar_cache_entries=settings.grammar_cache_entries,
+        prefix_cache_bytes=settings.prefix_cache_bytes,
         config=SchedulerConfig(max_batch_size=settings.max_batch_size, prefill_chunk=settings.prefill_chunk,
                                queue_timeout_s=settings.queue_timeout_s, threads=settings.threads))
     images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None

@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prefill_chunk: int = 256  # prompt tokens per prefill step between decode steps
     max_queue: int = 64  # requests waiting for a batch slot before 429
     queue_timeout_s: float = 60.0  # longest wait for a batch slot before 503
+    prefix_cache_bytes: int = 1 << 30  # KV of cached prompt prefixes kept for reuse (embedded engine); 0 = off
     # Request limits
     max_body_bytes: int = 32 * MiB  # larger bodies get 413
     max_messages: int = 2048
@@ -93,7 +94,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
         for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries",
-                    "grammar_cache_entries"):
+                    "grammar_cache_entries", "prefix_cache_bytes"):
             if getattr(self, key) < 0:
                 raise SettingsError(f"{key} must be >= 0")
         if self.image_media_dir is not None and not Path(self.image_media_dir).expanduser().is_dir():

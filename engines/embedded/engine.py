@@ -12,6 +12,7 @@ from engines.base import Constraint, EngineError, EngineEvent, EngineImage, Engi
 from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import LoadedModel
+from engines.embedded.prefix_cache import PrefixCache
 from engines.embedded.scheduler import Group, Scheduler, SchedulerConfig
 from engines.embedded.vision import QwenVision
 
@@ -21,7 +22,7 @@ class EmbeddedEngine:
 
     def __init__(self, loaded: LoadedModel, *, family: str, config: SchedulerConfig, max_queue: int = 64,
                  context_length: int | None = None, vision_cache_entries: int = 32,
-                 grammar_cache_entries: int = 128) -> None:
+                 grammar_cache_entries: int = 128, prefix_cache_bytes: int = 0) -> None:
         model_config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
         native = int(getattr(model_config, "max_position_embeddings", 2048))
         ctx = min(context_length, native) if context_length else native
@@ -37,7 +38,9 @@ class EmbeddedEngine:
         self.max_queue = max_queue
         decoder = Decoder(loaded.model)
         self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, grammar_cache_entries)
-        self._scheduler = Scheduler(decoder, loaded.tokenizer, ctx, config, self.vision, self.grammars)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self._scheduler = Scheduler(decoder, loaded.tokenizer, ctx, config, self.vision, self.grammars,
+                                    self.prefix_cache)
         self._groups: dict[str, Group] = {}
         self._closed = False
         self._scheduler.start()
@@ -51,6 +54,7 @@ class EmbeddedEngine:
         if self.vision is not None:
             figures.update(self.vision.stats())
         figures.update(self.grammars.stats())
+        figures.update(self.prefix_cache.stats())
         return figures
 
     def prepare_constraint(self, constraint: Constraint) -> None:

@@ -23,6 +23,7 @@ from engines.base import EngineError, EngineEvent, EngineRequest, TokenLogprob
 from engines.embedded.decoder import Decoder, KVCache
 from engines.embedded.detokenizer import IncrementalDetokenizer
 from engines.embedded.grammar import GrammarCompiler, GrammarState
+from engines.embedded.prefix_cache import PrefixCache, image_keys
 from engines.embedded.sampler import ChoiceSampler
 from engines.embedded.vision import QwenVision
 from engines.thinking import ThinkingTracker
@@ -49,6 +50,8 @@ class Group:
     enqueued_at: float
     cache: KVCache | None = None
     prefilled: int = 0
+    cached: int = 0  # prompt tokens taken from the prefix cache
+    keys: list[int] = field(default_factory=list)  # the prompt's prefix-cache keys
     choices: list[Choice] = field(default_factory=list)
     aborted: bool = False
     # Vision prompts: M-RoPE positions of the whole prompt, image-token embeddings and how many are used.
@@ -102,8 +105,10 @@ class Choice:
 
 class Scheduler:
     def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerConfig,
-                 vision: QwenVision | None = None, grammars: GrammarCompiler | None = None) -> None:
+                 vision: QwenVision | None = None, grammars: GrammarCompiler | None = None,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.decoder = decoder
+        self.prefix_cache = prefix_cache or PrefixCache(0)
         self.vision = vision
         self.grammars = grammars
         self.tokenizer = tokenizer
@@ -192,8 +197,23 @@ class Scheduler:
         while self._waiting and reserved + self._waiting[0].req.n <= self.config.max_batch_size:
             group = self._waiting.popleft()
             group.cache = self.decoder.new_cache(len(group.req.prompt_ids) + 64)
+            self._reuse_prefix(group)
             self._prefilling.append(group)
             reserved += group.req.n
+
+    def _reuse_prefix(self, group: Group) -> None:
+        """Start the group's cache with the longest cached prefix of its prompt (never the whole prompt: the
+        last prompt token is computed to get the first logits)."""
+        if not self.prefix_cache.enabled:
+            return
+        req = group.req
+        assert group.cache is not None
+        image_token = self.vision.image_token_id if self.vision is not None else None
+        group.keys = image_keys(req.prompt_ids, image_token, [(i.digest, i.num_tokens) for i in req.images])
+        group.cached = group.prefilled = self.prefix_cache.lookup(group.keys, group.cache,
+                                                                 limit=len(req.prompt_ids) - 1)
+        if group.cached and image_token is not None:
+            group.image_rows_used = sum(1 for t in req.prompt_ids[: group.cached] if t == image_token)
 
     def _prefill_step(self, group: Group) -> None:
         prompt = group.req.prompt_ids
@@ -208,6 +228,8 @@ class Scheduler:
                 return
             self._prefilling.popleft()
             group.positions = group.image_embeds = None
+            if group.keys:
+                self.prefix_cache.insert(group.keys, group.cache)
             self._start_choices(group, logits.float())
         except Exception as exc:
             log.exception("prefill failed for %s", group.req.request_id)
@@ -297,8 +319,10 @@ class Scheduler:
                 text += choice.detok.flush()
         if choice.thinking is not None:
             choice.thinking.feed(text)
+        if finish is not None and choice.group.keys:  # the reply too: the next turn starts with it
+            self.prefix_cache.insert(choice.group.keys + choice.detok.ids, choice.cache)
         choice.group.emit(EngineEvent(
             index=choice.index, token_ids=[token], text=text,
             logprobs=[logprob] if logprob is not None else None, finish_reason=finish,
-            prompt_tokens=len(req.prompt_ids), cached_tokens=0, forced=choice.last_forced))
+            prompt_tokens=len(req.prompt_ids), cached_tokens=choice.group.cached, forced=choice.last_forced))
         return finish is None

@@ -29,11 +29,11 @@ def fp32(smollm: LoadedModel) -> LoadedModel:
 
 
 def run_engine(loaded: LoadedModel, body: Callable[[EmbeddedEngine], Awaitable[Any]], *,
-               max_batch_size: int = 4, prefill_chunk: int = 16, max_queue: int = 64) -> Any:
+               max_batch_size: int = 4, prefill_chunk: int = 16, max_queue: int = 64, **options: Any) -> Any:
     """Build an engine, run `body` against it in a fresh event loop, and always close it."""
 
     async def main() -> Any:
-        engine = EmbeddedEngine(loaded, family="chatml", max_queue=max_queue,
+        engine = EmbeddedEngine(loaded, family="chatml", max_queue=max_queue, **options,
                                 config=SchedulerConfig(max_batch_size=max_batch_size, prefill_chunk=prefill_chunk))
         try:
             return await asyncio.wait_for(body(engine), TIMEOUT)

@@ -1,0 +1,172 @@
+"""The embedded engine's prefix cache: a radix tree over token keys whose edges hold the KV of their tokens.
+
+Every request looks up its prompt; the longest cached prefix is copied into its own KV cache and only the
+rest is prefilled. Prompts are added once prefilled, and each choice's reply when it ends, so the next turn
+of a conversation (prompt + reply + new message) finds everything but the new message. Shared by all
+requests; bounded in bytes; least recently used leaves are evicted first. Lives in the scheduler thread.
+
+Keys are token ids, except that image tokens are keyed by their image's digest and row: two prompts share
+a cached prefix only if they have the same images there.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engines.embedded.decoder import KVCache
+
+_clock = itertools.count()
+
+
+@dataclass(eq=False, slots=True)
+class _Node:
+    keys: tuple[int, ...]  # the edge from the parent: these tokens
+    k: torch.Tensor | None  # [layers, kv_heads, len(keys), head_dim]; None for the root
+    v: torch.Tensor | None
+    parent: _Node | None
+    children: dict[int, _Node] = field(default_factory=dict)  # by first key
+    used: int = 0  # logical clock of the last use
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None or self.v is None else self.k.nbytes + self.v.nbytes
+
+
+class PrefixCache:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.root = _Node((), None, None, None)
+        self.bytes = 0
+        self.hits = 0  # lookups that reused at least one token
+        self.lookups = 0
+        self.reused_tokens = 0
+        self.evicted_tokens = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget > 0
+
+    def lookup(self, keys: Sequence[int], cache: KVCache, limit: int) -> int:
+        """Copy the KV of the longest cached prefix of `keys` (at most `limit` tokens) into the empty
+        `cache`; return its length."""
+        if not self.enabled:
+            return 0
+        self.lookups += 1
+        limit = min(limit, len(keys))
+        parts: list[tuple[_Node, int]] = []
+        node, at, now = self.root, 0, next(_clock)
+        while at < limit:
+            child = node.children.get(keys[at])
+            if child is None:
+                break
+            common = _common(child.keys, keys, at, limit)
+            parts.append((child, common))
+            child.used = now
+            at += common
+            if common < len(child.keys):
+                break
+            node = child
+        if not at:
+            return 0
+        cache.reserve(at)
+        start = 0
+        for child, count in parts:
+            assert child.k is not None and child.v is not None
+            cache.k[:, :, start : start + count] = child.k[:, :, :count]
+            cache.v[:, :, start : start + count] = child.v[:, :, :count]
+            start += count
+        cache.length = at
+        self.hits += 1
+        self.reused_tokens += at
+        return at
+
+    def insert(self, keys: Sequence[int], cache: KVCache) -> None:
+        """Remember the KV of `keys[:cache.length]` (only the part not cached yet is copied)."""
+        length = min(len(keys), cache.length)
+        if not self.enabled or not length:
+            return
+        node, at, now = self.root, 0, next(_clock)
+        while at < length:
+            child = node.children.get(keys[at])
+            if child is None:
+                leaf = _Node(tuple(keys[at:length]), cache.k[:, :, at:length].clone(),
+                             cache.v[:, :, at:length].clone(), node, used=now)
+                node.children[keys[at]] = leaf
+                self.bytes += leaf.nbytes()
+                break
+            common = _common(child.keys, keys, at, length)
+            if common < len(child.keys):  # split first: the lower part is not used by this insert
+                child = self._split(child, common)
+            child.used = now
+            node, at = child, at + common
+        self._evict()
+
+    def _split(self, node: _Node, at: int) -> _Node:
+        """Cut `node`'s edge after `at` keys; return the new upper part (copies, so evicting either half
+        frees its memory)."""
+        assert node.parent is not None and node.k is not None and node.v is not None
+        upper = _Node(node.keys[:at], node.k[:, :, :at].clone(), node.v[:, :, :at].clone(), node.parent,
+                      used=node.used)
+        node.parent.children[node.keys[0]] = upper
+        node.keys, node.k, node.v = node.keys[at:], node.k[:, :, at:].clone(), node.v[:, :, at:].clone()
+        node.parent = upper
+        upper.children[node.keys[0]] = node
+        return upper
+
+    def _evict(self) -> None:
+        while self.bytes > self.budget:
+            leaves = [n for n in self._nodes() if not n.children and n is not self.root]
+            if not leaves:
+                return
+            victim = min(leaves, key=lambda n: n.used)
+            assert victim.parent is not None
+            del victim.parent.children[victim.keys[0]]
+            self.bytes -= victim.nbytes()
+            self.evicted_tokens += len(victim.keys)
+
+    def _nodes(self) -> list[_Node]:
+        out, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(node.children.values())
+        return out
+
+    def tokens(self) -> int:
+        return sum(len(n.keys) for n in self._nodes())
+
+    def stats(self) -> dict[str, int]:
+        return {"prefix_cache_bytes": self.bytes, "prefix_cache_lookups": self.lookups,
+                "prefix_cache_hits": self.hits, "prefix_cache_reused_tokens": self.reused_tokens,
+                "prefix_cache_evicted_tokens": self.evicted_tokens}
+
+
+def _common(edge: tuple[int, ...], keys: Sequence[int], at: int, limit: int) -> int:
+    """How many keys of `edge` match keys[at:limit]."""
+    count = min(len(edge), limit - at)
+    for i in range(count):
+        if edge[i] != keys[at + i]:
+            return i
+    return count
+
+
+def image_keys(prompt: Sequence[int], image_token_id: int | None, digests: Sequence[tuple[str, int]]) -> list[int]:
+    """The cache keys of a prompt: token ids, with each image token replaced by a key for (image, row).
+
+    `digests` lists each image's digest and token count, in prompt order. Image keys are negative, so they
+    never equal a token id.
+    """
+    if image_token_id is None or not digests:
+        return list(prompt)
+    rows = iter([(digest, row) for digest, count in digests for row in range(count)])
+    keys = []
+    for token in prompt:
+        if token == image_token_id:
+            digest, row = next(rows, ("", 0))
+            keys.append(-1 - (hash((digest, row)) & 0x7FFF_FFFF_FFFF_FFFF))
+        else:
+            keys.append(token)
+    return keys
