@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -18,6 +19,8 @@ from app.errors import APIError, handle_api_error, handle_http_exception, handle
 from app.routes import ROUTES
 from app.settings import Settings
 from chat.pipeline import ServedModel
+from sessions.manager import SessionManager
+from sessions.store import SessionStore
 
 log = logging.getLogger("lodestar")
 
@@ -47,6 +50,13 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def session_manager(settings: Settings) -> SessionManager:
+    path = Path(settings.sessions_path).expanduser() if settings.sessions_path else \
+        settings.data_path() / "sessions.sqlite3"
+    return SessionManager(SessionStore(path), idle_timeout_s=settings.session_idle_timeout_s,
+                          busy_timeout_s=settings.session_busy_timeout_s)
+
+
 def create_app(settings: Settings, model: ModelSource) -> Litestar:
     """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
 
@@ -72,6 +82,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             served = state.get("served")
             if served is not None:
                 await served.engine.close()
+            state.sessions.store.close()
 
     return Litestar(
         route_handlers=ROUTES,
@@ -84,7 +95,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         middleware=[request_id_middleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "key_store": KeyStore(settings.api_keys), "served": None,
-                     "load_error": None}),
+                     "load_error": None, "sessions": session_manager(settings)}),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         debug=False,

@@ -55,6 +55,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_schema_bytes: int = 65_536  # all tool and response_format schemas of a request, as JSON
     max_schema_depth: int = 32  # nesting depth of one schema
     grammar_cache_entries: int = 128  # compiled grammars kept by content hash
+    # Sessions (docs/sessions.md)
+    sessions_path: str | None = None  # SQLite file of session transcripts; None = <data_dir>/sessions.sqlite3
+    session_idle_timeout_s: float = 86_400.0  # a session unused for this long is forgotten
+    session_busy_timeout_s: float = 30.0  # wait of a request for its session's running request before 409
+    # "exact": a continued session's prompt is its stored token ids + the new messages (cache always hits);
+    # "template": the whole conversation is rendered again by the template each turn
+    session_continuation: Literal["exact", "template"] = "exact"
     # Reasoning (docs/reasoning.md)
     # effort of requests that do not say (reasoning models), and of `reasoning: {enabled: true}`
     reasoning_effort: Literal["xhigh", "high", "medium", "low", "minimal", "none"] = "medium"
@@ -91,6 +98,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SettingsError(f"{key} must be positive")
+        if self.session_idle_timeout_s <= 0 or self.session_busy_timeout_s < 0:
+            raise SettingsError("session_idle_timeout_s must be > 0 and session_busy_timeout_s >= 0")
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
         for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries",

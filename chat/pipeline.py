@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.output import ChoiceDelta, ChoiceStream
 from chat.reasoning import ReasoningMode, ReasoningSplitter, ReasoningSyntax, decide
 from chat.reasoning_calls import generate_with_budget
+from chat.sessions import SessionTurn, continue_prompt, reply_message
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
 from engines.base import Engine, EngineError, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
@@ -74,10 +75,21 @@ class Plan:
     confidence: bool
     tools: ToolPlan = field(default_factory=ToolPlan)
     reasoning: ReasoningMode | None = None  # set when the output starts inside a reasoning section
+    # Called once the response is complete or the stream ends (sessions store the turn here).
+    on_finish: Callable[[Reply], Awaitable[None]] | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """Choice 0 as the client received it, for the session transcript."""
+
+    message: dict[str, Any]
+    token_ids: list[int]  # the prompt, then every token generated for choice 0
+    usage: Usage
 
 
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
-                       model_id: str) -> Plan:
+                       model_id: str, session: SessionTurn | None = None) -> Plan:
     renderer = served.renderer
     info = served.engine.model_info
     tools = ToolPlan()
@@ -89,23 +101,37 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
             except EngineError as exc:
                 raise APIError(exc.status, str(exc), param="tools" if req.tools else "response_format",
                                code=exc.code) from None
-    refs = collect_images(req.messages)
+    messages = session.messages if session is not None else req.messages
+    refs = collect_images(messages)
     images = []
     if refs:
         assert served.images is not None  # validation refused images for a model without vision
         images = await prepare_images(refs, settings, served.images, served.engine)
     reasoning = decide(req, served.reasoning, settings)
 
-    def render() -> list[int]:
-        if reasoning is None:
-            return renderer.render(req.messages, tools.template_tools) if tools.template_tools else \
-                renderer.render(req.messages)
-        text = renderer.render_text(req.messages, tools.template_tools, reasoning.template_options)
-        return renderer.tokenize(reasoning.finish_prompt(text))
+    # A session that continues its stored conversation is rendered from its exact token ids (not for
+    # vision prompts, whose image tokens are expanded after rendering).
+    history = session.history if session is not None and settings.session_continuation == "exact" and \
+        info.image_token_id is None else []
 
-    size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in req.messages)
-    prompt_ids = await asyncio.to_thread(render) if size > _INLINE_RENDER_CHARS or tools.template_tools \
-        else render()
+    def render() -> list[int]:
+        if reasoning is None and not history:
+            return renderer.render(messages, tools.template_tools) if tools.template_tools else \
+                renderer.render(messages)
+        options = reasoning.template_options if reasoning else {}
+        text = renderer.render_text(messages, tools.template_tools, options)
+        if reasoning is not None:
+            text = reasoning.finish_prompt(text)
+        if history:
+            assert session is not None
+            ids = continue_session(renderer, session, text, tools.template_tools, options)
+            if ids is not None:
+                return ids
+        return renderer.tokenize(text)
+
+    size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in messages)
+    prompt_ids = await asyncio.to_thread(render) if size > _INLINE_RENDER_CHARS or tools.template_tools or \
+        history else render()
     if info.image_token_id is not None:
         prompt_ids = expand_placeholders(prompt_ids, info.image_token_id, images)
     context = info.context_length
@@ -147,6 +173,18 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
                 logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning)
 
 
+def continue_session(renderer: PromptRenderer, session: SessionTurn, text: str,
+                     tools: list[dict[str, Any]] | None, options: dict[str, Any]) -> list[int] | None:
+    """The turn's prompt as the session's stored token ids plus only the new messages' tokens."""
+    try:
+        history_text = renderer.render_text(session.history, tools, options, add_generation_prompt=False)
+    except APIError:  # a template that cannot render the history on its own: render the whole turn
+        return None
+    end_of_turn = renderer.family.end_of_turn[0] if renderer.family.end_of_turn else None
+    return continue_prompt(session.history_ids, history_text, text, end_of_turn, renderer.stop_token_ids,
+                           renderer.tokenize)
+
+
 class _Run:
     """The state of one request while its events flow: one ChoiceStream per choice."""
 
@@ -158,6 +196,8 @@ class _Run:
         syntax = plan.reasoning.syntax if plan.reasoning else None
         self.splitters = [ReasoningSplitter(syntax.open, syntax.close) if syntax else None for _ in self.choices]
         self.generated = [0 for _ in self.choices]  # tokens per choice, reasoning included
+        self.first_ids: list[int] = []  # choice 0's tokens, for sessions
+        self.finished = False
         self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
@@ -184,6 +224,8 @@ class _Run:
         strings and, with tools, is split into content and calls."""
         if not choice.finished:  # a choice ended by a stop string ignores what its engine still sends
             self.generated[choice.index] += len(event.token_ids)
+            if choice.index == 0:
+                self.first_ids.extend(event.token_ids)
         splitter = self.splitters[choice.index]
         reasoning = ""
         if splitter is not None and not choice.finished:
@@ -201,6 +243,26 @@ class _Run:
             pieces += parser.finish()
         self.pieces[choice.index].extend(pieces)
         return reasoning, delta, pieces
+
+    def answer(self, index: int) -> tuple[str | None, list[ParsedCall]]:
+        """A choice's content and tool calls, as far as they were released."""
+        pieces = self.pieces[index]
+        calls = [p for p in pieces if isinstance(p, ParsedCall)]
+        if self.parsers[index] is None:
+            return self.choices[index].full_text, calls
+        return "".join(p for p in pieces if isinstance(p, str)) or (None if calls else ""), calls
+
+    async def finish(self) -> None:
+        """Hand choice 0's reply to the plan's on_finish, once."""
+        if self.plan.on_finish is None or not self.generated[0] or self.finished:
+            return
+        self.finished = True
+        content, calls = self.answer(0)
+        splitter = self.splitters[0]
+        message = reply_message(content, splitter.text if splitter else None,
+                                [(c.id, c.name, c.arguments) for c in calls])
+        await self.plan.on_finish(Reply(message, [*self.plan.engine_request.prompt_ids, *self.first_ids],
+                                        self.usage()))
 
     def reasoning_content(self, index: int) -> str | None:
         splitter = self.splitters[index]
@@ -242,12 +304,10 @@ async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
     run = _Run(plan, served)
     async for choice, event in run.events():
         run.process(choice, event)
+    await run.finish()
     choices = []
-    for c, parser, pieces in zip(run.choices, run.parsers, run.pieces, strict=True):
-        content: str | None = c.full_text
-        calls = [p for p in pieces if isinstance(p, ParsedCall)]
-        if parser is not None:
-            content = "".join(p for p in pieces if isinstance(p, str)) or (None if calls else "")
+    for c in run.choices:
+        content, calls = run.answer(c.index)
         message = ResponseMessage(role="assistant", content=content,
                                   reasoning_content=run.reasoning_content(c.index), tool_calls=[
             ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
@@ -279,6 +339,16 @@ async def _chunks(run: _Run) -> AsyncIterator[ChatCompletionChunk]:
 
     yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content=""))
                  for c in run.choices])
+    try:
+        async for chunk_out in _event_chunks(run, chunk):
+            yield chunk_out
+    finally:
+        await run.finish()  # also when the client went away: what was sent is stored
+    if plan.include_usage:
+        yield chunk([], usage=run.usage())
+
+
+async def _event_chunks(run: _Run, chunk: Callable[..., ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
     async for choice, event in run.events():
         reasoning, delta, pieces = run.process(choice, event)
         if reasoning:
@@ -300,11 +370,11 @@ async def _chunks(run: _Run) -> AsyncIterator[ChatCompletionChunk]:
         if delta.finish_reason is not None:
             last = all(c.finished for c in run.choices)
             extra = {"usage": run.usage(), "confidence_score": run.confidence_score()} if last else {}
+            if last:  # stored before the client sees the end, so a reply it got is never missing
+                await run.finish()
             calls = parser.calls if parser is not None else []
             yield chunk([ChunkChoice(index=choice.index, delta=Delta(),
                                      finish_reason=_finish_reason(delta.finish_reason, calls))], **extra)
-    if plan.include_usage:
-        yield chunk([], usage=run.usage())
 
 
 def _piece_choice(index: int, piece: str | ParsedCall, parser: ToolCallParser,

@@ -75,13 +75,13 @@ class PromptRenderer:
         self.stop_token_ids = end_of_turn_ids(family, tokenizer)
 
     def render_text(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
-                    options: dict[str, Any] | None = None) -> str:
+                    options: dict[str, Any] | None = None, *, add_generation_prompt: bool = True) -> str:
         """`options` are template keywords such as a thinking switch."""
         conversation = [_template_message(m, self.vision) for m in messages]
         extra = {"tools": tools} if tools else {}
         extra.update(options or {})
         try:
-            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
+            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
                                                       tokenize=False, **extra)
         except Exception as exc:  # the template's own raise_exception(), e.g. role order rules
             raise invalid(f"The model's chat template rejected the messages: {exc}", "messages",

@@ -1,5 +1,6 @@
 from app.routes.chat import chat_completions
 from app.routes.health import health, ready
 from app.routes.models import list_models
+from app.routes.sessions import delete_session, get_session
 
-ROUTES = [chat_completions, list_models, health, ready]
+ROUTES = [chat_completions, list_models, health, ready, get_session, delete_session]

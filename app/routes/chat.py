@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
+from app.auth import bearer_token
 from app.errors import APIError, from_decode_error
-from app.protocol import encode, request_decoder
+from app.protocol import ChatCompletionRequest, encode, request_decoder
 from app.routes.health import served_model
 from app.streaming import sse_stream
 from app.validation import resolve_model, validate_request
 from chat import pipeline
+from chat.pipeline import ServedModel
+from chat.sessions import merge, next_transcript
 from engines.base import EngineError
+from sessions.manager import HEADER, Lease, check_session_id, owner_of
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/v3/inference/chat/completions"]
 
@@ -35,13 +42,42 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
     served = served_model(state)
     model_id = resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
-    plan = await pipeline.plan_request(req, state.settings, served, model_id)
+    session_id = request.headers.get(HEADER)
+    if session_id is None:
+        return await _respond(req, state, served, model_id, None)
+    check_session_id(session_id)
+    lease = await state.sessions.acquire(owner_of(bearer_token(request.headers.get("authorization"))),
+                                         session_id)
+    try:
+        response = await _respond(req, state, served, model_id, lease)
+    except BaseException:
+        lease.release()
+        raise
+    if not isinstance(response, Stream):
+        lease.release()
+    return response
+
+
+async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
+                   lease: Lease | None) -> Response[bytes] | Stream:
+    turn = merge(lease.transcript, req.messages) if lease is not None else None
+    plan = await pipeline.plan_request(req, state.settings, served, model_id, session=turn)
     headers = {"X-Request-ID": plan.request_id}
+    if lease is not None and turn is not None:
+        headers[HEADER] = lease.session_id
+
+        async def store(reply: pipeline.Reply) -> None:
+            await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, turn,
+                                               reply.message, reply.token_ids, reply.usage))
+
+        plan.on_finish = store
     if plan.stream:
         try:  # admission errors (queue full) still get a real HTTP status
             chunks = pipeline.stream(plan, served)
         except EngineError as exc:
             raise engine_error(exc) from None
+        if lease is not None:
+            chunks = _releasing(chunks, lease)
         return Stream(sse_stream(chunks, plan.request_id), media_type="text/event-stream",
                       headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
@@ -49,3 +85,13 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
     except EngineError as exc:
         raise engine_error(exc) from None
     return Response(encode(completion), media_type="application/json", headers=headers)
+
+
+async def _releasing(chunks: AsyncIterator[Any], lease: Lease) -> AsyncIterator[Any]:
+    """The stream's chunks; the session is free for its next request once the stream has ended."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        lease.release()

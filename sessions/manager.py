@@ -1,0 +1,94 @@
+"""Sessions keyed by (API key, X-Session-ID): validation, one request at a time per session, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+
+from app.errors import APIError
+from sessions.store import SessionStore, Transcript
+
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+HEADER = "X-Session-ID"
+
+
+def check_session_id(value: str) -> str:
+    if not _ID.fullmatch(value):
+        raise APIError(400, f"'{HEADER}' must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+                       param=HEADER, code="invalid_session_id")
+    return value
+
+
+def owner_of(bearer: str | None) -> str:
+    """Sessions belong to the key that made them: the same id under another key is another session."""
+    return hashlib.sha256((bearer or "").encode()).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class Lease:
+    """One request's hold on its session: the transcript as stored (None: a new session)."""
+
+    manager: SessionManager
+    owner: str
+    session_id: str
+    transcript: Transcript | None
+    _lock: asyncio.Lock
+    _released: bool = False
+
+    async def commit(self, transcript: Transcript) -> None:
+        transcript.updated = time.time()
+        await asyncio.to_thread(self.manager.store.save, transcript)
+        self.transcript = transcript
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._lock.release()
+
+
+class SessionManager:
+    def __init__(self, store: SessionStore, *, idle_timeout_s: float, busy_timeout_s: float) -> None:
+        self.store = store
+        self.idle_timeout_s = idle_timeout_s
+        self.busy_timeout_s = busy_timeout_s
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._last_expiry = 0.0
+
+    async def acquire(self, owner: str, session_id: str) -> Lease:
+        """Wait for the session's other request to finish (up to busy_timeout_s, else 409)."""
+        key = (owner, session_id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), self.busy_timeout_s)
+        except TimeoutError:
+            raise APIError(409, f"Another request on session '{session_id}' is still running; retry when it "
+                           "has finished", param=HEADER, code="session_busy") from None
+        try:
+            await self._expire()
+            transcript = await self.load(owner, session_id)
+        except BaseException:
+            lock.release()
+            raise
+        return Lease(self, owner, session_id, transcript, lock)
+
+    async def load(self, owner: str, session_id: str) -> Transcript | None:
+        transcript = await asyncio.to_thread(self.store.load, owner, session_id)
+        if transcript is not None and transcript.updated < time.time() - self.idle_timeout_s:
+            await asyncio.to_thread(self.store.delete, owner, session_id)
+            return None
+        return transcript
+
+    async def delete(self, owner: str, session_id: str) -> bool:
+        return await asyncio.to_thread(self.store.delete, owner, session_id)
+
+    async def _expire(self) -> None:
+        now = time.time()
+        if now - self._last_expiry > min(60.0, self.idle_timeout_s):
+            self._last_expiry = now
+            await asyncio.to_thread(self.store.expire, self.idle_timeout_s)
+        # Locks of sessions nobody holds or waits for are dropped, so the table stays small.
+        if len(self._locks) > 1024:
+            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
