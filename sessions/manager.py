@@ -55,17 +55,23 @@ class SessionManager:
         self.idle_timeout_s = idle_timeout_s
         self.busy_timeout_s = busy_timeout_s
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._waiting: dict[tuple[str, str], int] = {}  # requests inside acquire's wait, per session
         self._last_expiry = 0.0
 
     async def acquire(self, owner: str, session_id: str) -> Lease:
         """Wait for the session's other request to finish (up to busy_timeout_s, else 409)."""
         key = (owner, session_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             await asyncio.wait_for(lock.acquire(), self.busy_timeout_s)
         except TimeoutError:
             raise APIError(409, f"Another request on session '{session_id}' is still running; retry when it "
                            "has finished", param=HEADER, code="session_busy") from None
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
         try:
             await self._expire()
             transcript = await self.load(owner, session_id)
@@ -89,6 +95,7 @@ class SessionManager:
         if now - self._last_expiry > min(60.0, self.idle_timeout_s):
             self._last_expiry = now
             await asyncio.to_thread(self.store.expire, self.idle_timeout_s)
-        # Locks of sessions nobody holds or waits for are dropped, so the table stays small.
+        # Locks of sessions nobody holds or waits for are dropped, so the table stays small. A released lock
+        # whose waiter has been woken but not yet run is unlocked, yet must stay: hence `_waiting`.
         if len(self._locks) > 1024:
-            self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            self._locks = {k: v for k, v in self._locks.items() if v.locked() or k in self._waiting}
