@@ -159,6 +159,7 @@ class ChatCompletionRequest(msgspec.Struct):
     response_format: ResponseFormat | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: Effort | None = None  # OpenAI's spelling
+    prompt_truncate_len: int | None = None  # seed 003: drop the oldest turns to fit this many prompt tokens
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_temperature: float = 1.0
     default_top_p: float = 1.0
     default_max_tokens: int | None = None  # None: the rest of the context
+    prompt_truncate_len: int | None = None  # seed 003's field when the request omits it; None: no truncation
     confidence_score: bool = False  # always add seed 003's confidence_score
     # Tools and structured output (docs/tools.md)
     max_tools: int = 128  # tools per request
@@ -112,7 +113,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SettingsError(f"max_n ({self.max_n}) must not exceed max_batch_size ({self.max_batch_size})")
         if not 0 <= self.max_top_logprobs <= 20:
             raise SettingsError("max_top_logprobs must be within 0..20")
-        for key in ("context_length", "max_tokens_limit", "default_max_tokens"):
+        for key in ("context_length", "max_tokens_limit", "default_max_tokens", "prompt_truncate_len"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise SettingsError(f"{key} must be positive when set")

@@ -78,6 +78,9 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
             raise invalid(f"'{key}' must be at least 1, got {value}", key)
         if value is not None and settings.max_tokens_limit and value > settings.max_tokens_limit:
             raise invalid(f"'{key}' must be at most {settings.max_tokens_limit}, got {value}", key)
+    if req.prompt_truncate_len is not None and req.prompt_truncate_len < 1:
+        raise invalid(f"'prompt_truncate_len' must be at least 1, got {req.prompt_truncate_len}",
+                      "prompt_truncate_len")
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     if len(stops) > settings.max_stop:
         raise invalid(f"'stop' accepts at most {settings.max_stop} sequences, got {len(stops)}", "stop")

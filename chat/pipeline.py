@@ -22,6 +22,7 @@ from app.protocol import (
     Delta,
     FunctionCall,
     FunctionCallDelta,
+    Message,
     PromptTokensDetails,
     ResponseMessage,
     TokenLogprobOut,
@@ -38,6 +39,7 @@ from chat.reasoning_calls import generate_with_budget
 from chat.sessions import SessionTurn, continue_prompt, reply_message
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
+from chat.truncate import truncate
 from engines.base import Engine, EngineError, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
 from multimodal.loader import ImageLoader
 from tools.calls import ParsedCall, ToolCallParser
@@ -102,6 +104,14 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
                 raise APIError(exc.status, str(exc), param="tools" if req.tools else "response_format",
                                code=exc.code) from None
     messages = session.messages if session is not None else req.messages
+    truncate_to = req.prompt_truncate_len or settings.prompt_truncate_len
+    truncated = False
+    if truncate_to:
+        def count(msgs: list[Message]) -> int:
+            return len(renderer.render(msgs, tools.template_tools) if tools.template_tools else renderer.render(msgs))
+
+        kept = await asyncio.to_thread(truncate, messages, truncate_to, count)
+        truncated, messages = len(kept) < len(messages), kept
     refs = collect_images(messages)
     images = []
     if refs:
@@ -112,7 +122,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     # A session that continues its stored conversation is rendered from its exact token ids (not for
     # vision prompts, whose image tokens are expanded after rendering).
     history = session.history if session is not None and settings.session_continuation == "exact" and \
-        info.image_token_id is None else []
+        info.image_token_id is None and not truncated else []
 
     def render() -> list[int]:
         if reasoning is None and not history:

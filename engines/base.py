@@ -78,7 +78,7 @@ class EngineRequest:
     n: int = 1
     logprobs: bool = False  # log-probability of each sampled token
     top_logprobs: int = 0  # how many alternatives per position
-    session_key: str | None = None
+    session_key: str | None = None  # "<key digest>:<session id>": a routing hint, same session same worker
     images: list[EngineImage] = field(default_factory=list)  # in prompt order
     constraint: Constraint | None = None
     thinking: ThinkingBudget | None = None  # only for engines whose `thinking_budgets` is true

@@ -65,6 +65,8 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     headers = {"X-Request-ID": plan.request_id}
     if lease is not None and turn is not None:
         headers[HEADER] = lease.session_id
+        # A routing hint for engines that spread requests over workers (SGLang): the same session, the same cache.
+        plan.engine_request.session_key = f"{lease.owner}:{lease.session_id}"
 
         async def store(reply: pipeline.Reply) -> None:
             await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, turn,

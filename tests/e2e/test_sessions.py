@@ -206,3 +206,26 @@ def test_a_restarted_server_continues_the_session(tmp_path, kill):
         assert get_session(server, session).json()["turns"] == 2
     finally:
         server.stop()
+
+
+def test_prompt_truncate_len_keeps_the_system_prompt_and_the_latest_turn(client, small_server):
+    history = [SYSTEM]
+    for i in range(12):
+        history += [{"role": "user", "content": f"Fact {i}: the number {i} is written as {i}."},
+                    {"role": "assistant", "content": f"Noted fact {i}."}]
+    history.append({"role": "user", "content": "Which fact came last?"})
+    full = client.chat.completions.create(model="smollm2", messages=history, max_tokens=4, temperature=0)
+    reply = client.chat.completions.create(model="smollm2", messages=history, max_tokens=4, temperature=0,
+                                           extra_body={"prompt_truncate_len": 150})
+    assert full.usage.prompt_tokens > 150 >= reply.usage.prompt_tokens
+    # On a session, the prompt is truncated but the transcript keeps the whole conversation.
+    session = sid()
+    chat(client, session, history, extra_body={"prompt_truncate_len": 150})
+    turn = chat(client, session, [{"role": "user", "content": "And before?"}],
+                extra_body={"prompt_truncate_len": 150}).parse()
+    assert turn.usage.prompt_tokens <= 150
+    assert len(get_session(small_server, session).json()["messages"]) == len(history) + 3
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="smollm2", messages=history, max_tokens=4,
+                                       extra_body={"prompt_truncate_len": 5})
+    assert caught.value.body["param"] == "prompt_truncate_len"
