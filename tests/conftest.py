@@ -76,7 +76,9 @@ def start_server(tmp_dir: Path, *args: str, env: dict[str, str] | None = None,
 
 @pytest.fixture(scope="session")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("small"), "--model", SMALL_MODEL, "--max-queue", "16")
+    # fp32: with the prefix cache on, repeated requests give exactly the same tokens (docs/sessions.md)
+    server = start_server(tmp_path_factory.mktemp("small"), "--model", SMALL_MODEL, "--max-queue", "16",
+                          "--quantize", "none")
     yield server
     server.stop()
 

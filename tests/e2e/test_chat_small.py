@@ -25,7 +25,7 @@ def test_non_streaming_completion(client):
     assert usage.prompt_tokens > 5
     assert 0 < usage.completion_tokens <= 20
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    assert usage.prompt_tokens_details.cached_tokens == 0
+    assert 0 <= usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens  # reported, 0 included
     assert usage.completion_tokens_details.reasoning_tokens == 0
 
 
