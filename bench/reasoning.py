@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from bench.sse import stream_chunks
 from tests.conftest import ROOT, start_server
 
 TOPICS = ["why the sky is blue", "how a binary search works", "whether 221 is prime", "what a hash map is",
@@ -53,17 +54,12 @@ def run_case(client: httpx.Client, base: str, case: dict[str, Any]) -> dict[str,
     if case["stream"]:
         body.update(stream=True, stream_options={"include_usage": True})
         reasoning, content, usage, finish = [], [], None, None
-        with client.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
-            r.raise_for_status()
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                usage = chunk.get("usage") or usage
-                for c in chunk["choices"]:
-                    reasoning.append(c["delta"].get("reasoning_content") or "")
-                    content.append(c["delta"].get("content") or "")
-                    finish = c.get("finish_reason") or finish
+        for chunk in stream_chunks(client, base, body):
+            usage = chunk.get("usage") or usage
+            for c in chunk["choices"]:
+                reasoning.append(c["delta"].get("reasoning_content") or "")
+                content.append(c["delta"].get("content") or "")
+                finish = c.get("finish_reason") or finish
         reasoning_text, content_text = "".join(reasoning), "".join(content)
     else:
         r = client.post(f"{base}/v1/chat/completions", json=body)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.sse import stream_chunks
 from tests.conftest import ROOT, free_port, start_server
 
 FILLER = ("The quick brown fox jumps over the lazy dog while the river runs past old stone bridges "
@@ -33,19 +34,14 @@ def stream_request(base: str, body: dict, client: httpx.Client) -> dict:
     first = None
     stamps: list[float] = []
     usage = None
-    with client.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True}) as resp:
-        resp.raise_for_status()
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk["choices"]:
-                if choice["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first or now
-                    stamps.append(now)
+    for chunk in stream_chunks(client, base, {**body, "stream": True}):
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk["choices"]:
+            if choice["delta"].get("content"):
+                now = time.perf_counter()
+                first = first or now
+                stamps.append(now)
     end = time.perf_counter()
     return {"ttft": (first or end) - start, "stamps": stamps, "usage": usage, "total": end - start}
 

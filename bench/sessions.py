@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from bench.sse import stream_chunks
 from tests.conftest import ROOT, start_server
 
 TOPICS = ["lighthouses", "bread baking", "the Roman roads", "tide pools"]
@@ -40,17 +41,12 @@ def ttft(client: httpx.Client, base: str, messages: list[dict[str, Any]],
     headers = {"X-Session-ID": session} if session else {}
     started = time.perf_counter()
     first, text, usage = None, [], {}
-    with client.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            usage = chunk.get("usage") or usage
-            for c in chunk["choices"]:
-                if c["delta"].get("content"):
-                    first = first or time.perf_counter()
-                    text.append(c["delta"]["content"])
+    for chunk in stream_chunks(client, base, body, headers):
+        usage = chunk.get("usage") or usage
+        for c in chunk["choices"]:
+            if c["delta"].get("content"):
+                first = first or time.perf_counter()
+                text.append(c["delta"]["content"])
     assert first is not None
     return first - started, "".join(text), usage
 
