@@ -57,6 +57,18 @@ def session_manager(settings: Settings) -> SessionManager:
                           busy_timeout_s=settings.session_busy_timeout_s)
 
 
+def forget_in_engine(state: State) -> Callable[[str], None]:
+    """Tell the served engine (once loaded) that a session is gone, if it keeps anything for sessions."""
+
+    def forget(key: str) -> None:
+        served = state.get("served")
+        forget_session = getattr(served.engine, "forget_session", None) if served is not None else None
+        if forget_session is not None:
+            forget_session(key)
+
+    return forget
+
+
 def create_app(settings: Settings, model: ModelSource) -> Litestar:
     """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
 
@@ -84,6 +96,9 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
                 await served.engine.close()
             state.sessions.store.close()
 
+    state = State({"settings": settings, "key_store": KeyStore(settings.api_keys), "served": None,
+                   "load_error": None, "sessions": session_manager(settings)})
+    state.sessions.on_forget = forget_in_engine(state)
     return Litestar(
         route_handlers=ROUTES,
         guards=[require_api_key],
@@ -94,8 +109,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         },
         middleware=[request_id_middleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "key_store": KeyStore(settings.api_keys), "served": None,
-                     "load_error": None, "sessions": session_manager(settings)}),
+        state=state,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
         debug=False,

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.errors import APIError
@@ -20,6 +21,11 @@ def check_session_id(value: str) -> str:
         raise APIError(400, f"'{HEADER}' must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
                        param=HEADER, code="invalid_session_id")
     return value
+
+
+def engine_key(owner: str, session_id: str) -> str:
+    """How engines know a session: a routing hint and the owner of cached prefixes kept in preference."""
+    return f"{owner}:{session_id}"
 
 
 def owner_of(bearer: str | None) -> str:
@@ -50,8 +56,10 @@ class Lease:
 
 
 class SessionManager:
-    def __init__(self, store: SessionStore, *, idle_timeout_s: float, busy_timeout_s: float) -> None:
+    def __init__(self, store: SessionStore, *, idle_timeout_s: float, busy_timeout_s: float,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.on_forget = on_forget  # told the engine key of each deleted or expired session
         self.idle_timeout_s = idle_timeout_s
         self.busy_timeout_s = busy_timeout_s
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -83,18 +91,25 @@ class SessionManager:
     async def load(self, owner: str, session_id: str) -> Transcript | None:
         transcript = await asyncio.to_thread(self.store.load, owner, session_id)
         if transcript is not None and transcript.updated < time.time() - self.idle_timeout_s:
-            await asyncio.to_thread(self.store.delete, owner, session_id)
+            await self.delete(owner, session_id)
             return None
         return transcript
 
     async def delete(self, owner: str, session_id: str) -> bool:
-        return await asyncio.to_thread(self.store.delete, owner, session_id)
+        deleted = await asyncio.to_thread(self.store.delete, owner, session_id)
+        self._forget(owner, session_id)
+        return deleted
+
+    def _forget(self, owner: str, session_id: str) -> None:
+        if self.on_forget is not None:
+            self.on_forget(engine_key(owner, session_id))
 
     async def _expire(self) -> None:
         now = time.time()
         if now - self._last_expiry > min(60.0, self.idle_timeout_s):
             self._last_expiry = now
-            await asyncio.to_thread(self.store.expire, self.idle_timeout_s)
+            for owner, session_id in await asyncio.to_thread(self.store.expire, self.idle_timeout_s):
+                self._forget(owner, session_id)
         # Locks of sessions nobody holds or waits for are dropped, so the table stays small. A released lock
         # whose waiter has been woken but not yet run is unlocked, yet must stay: hence `_waiting`.
         if len(self._locks) > 1024:

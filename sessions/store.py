@@ -76,11 +76,13 @@ class SessionStore:
             cursor = self._db.execute("DELETE FROM sessions WHERE owner = ? AND id = ?", (owner, session_id))
         return cursor.rowcount > 0
 
-    def expire(self, idle_s: float) -> int:
-        """Forget sessions idle for longer than `idle_s`; return how many."""
+    def expire(self, idle_s: float) -> list[tuple[str, str]]:
+        """Forget sessions idle for longer than `idle_s`; return their (owner, id)."""
+        cutoff = time.time() - idle_s
         with self._lock:
-            cursor = self._db.execute("DELETE FROM sessions WHERE updated < ?", (time.time() - idle_s,))
-        return cursor.rowcount
+            gone = self._db.execute("SELECT owner, id FROM sessions WHERE updated < ?", (cutoff,)).fetchall()
+            self._db.execute("DELETE FROM sessions WHERE updated < ?", (cutoff,))
+        return [(owner, session_id) for owner, session_id in gone]
 
     def close(self) -> None:
         with self._lock:

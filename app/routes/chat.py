@@ -20,7 +20,7 @@ from chat import pipeline
 from chat.pipeline import ServedModel
 from chat.sessions import merge, next_transcript
 from engines.base import EngineError
-from sessions.manager import HEADER, Lease, check_session_id, owner_of
+from sessions.manager import HEADER, Lease, check_session_id, engine_key, owner_of
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/v3/inference/chat/completions"]
 
@@ -66,7 +66,7 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     if lease is not None and turn is not None:
         headers[HEADER] = lease.session_id
         # A routing hint for engines that spread requests over workers (SGLang): the same session, the same cache.
-        plan.engine_request.session_key = f"{lease.owner}:{lease.session_id}"
+        plan.engine_request.session_key = engine_key(lease.owner, lease.session_id)
 
         async def store(reply: pipeline.Reply) -> None:
             await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, turn,

@@ -57,6 +57,10 @@ class EmbeddedEngine:
         figures.update(self.prefix_cache.stats())
         return figures
 
+    def forget_session(self, session_key: str) -> None:
+        """The session was deleted or expired: its cached prefixes lose their preference."""
+        self._scheduler.call_soon(lambda: self.prefix_cache.forget_session(session_key))
+
     def prepare_constraint(self, constraint: Constraint) -> None:
         """Blocking (call it off the event loop): compile the grammar now, not in the scheduler thread."""
         try:

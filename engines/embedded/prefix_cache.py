@@ -30,6 +30,7 @@ class _Node:
     parent: _Node | None
     children: dict[int, _Node] = field(default_factory=dict)  # by first key
     used: int = 0  # logical clock of the last use
+    session: str | None = None  # the session whose conversation last stored this edge: evicted last
 
     def nbytes(self) -> int:
         return 0 if self.k is None or self.v is None else self.k.nbytes + self.v.nbytes
@@ -83,8 +84,9 @@ class PrefixCache:
         self.reused_tokens += at
         return at
 
-    def insert(self, keys: Sequence[int], cache: KVCache) -> None:
-        """Remember the KV of `keys[:cache.length]` (only the part not cached yet is copied)."""
+    def insert(self, keys: Sequence[int], cache: KVCache, session: str | None = None) -> None:
+        """Remember the KV of `keys[:cache.length]` (only the part not cached yet is copied). A session's
+        prefixes are kept in preference: other leaves are evicted first."""
         length = min(len(keys), cache.length)
         if not self.enabled or not length:
             return
@@ -93,7 +95,7 @@ class PrefixCache:
             child = node.children.get(keys[at])
             if child is None:
                 leaf = _Node(tuple(keys[at:length]), cache.k[:, :, at:length].clone(),
-                             cache.v[:, :, at:length].clone(), node, used=now)
+                             cache.v[:, :, at:length].clone(), node, used=now, session=session)
                 node.children[keys[at]] = leaf
                 self.bytes += leaf.nbytes()
                 break
@@ -101,15 +103,22 @@ class PrefixCache:
             if common < len(child.keys):  # split first: the lower part is not used by this insert
                 child = self._split(child, common)
             child.used = now
+            child.session = session or child.session
             node, at = child, at + common
         self._evict()
+
+    def forget_session(self, session: str) -> None:
+        """The session is gone: its prefixes compete like any others."""
+        for node in self._nodes():
+            if node.session == session:
+                node.session = None
 
     def _split(self, node: _Node, at: int) -> _Node:
         """Cut `node`'s edge after `at` keys; return the new upper part (copies, so evicting either half
         frees its memory)."""
         assert node.parent is not None and node.k is not None and node.v is not None
         upper = _Node(node.keys[:at], node.k[:, :, :at].clone(), node.v[:, :, :at].clone(), node.parent,
-                      used=node.used)
+                      used=node.used, session=node.session)
         node.parent.children[node.keys[0]] = upper
         node.keys, node.k, node.v = node.keys[at:], node.k[:, :, at:].clone(), node.v[:, :, at:].clone()
         node.parent = upper
@@ -121,7 +130,7 @@ class PrefixCache:
             leaves = [n for n in self._nodes() if not n.children and n is not self.root]
             if not leaves:
                 return
-            victim = min(leaves, key=lambda n: n.used)
+            victim = min(leaves, key=lambda n: (n.session is not None, n.used))
             assert victim.parent is not None
             del victim.parent.children[victim.keys[0]]
             self.bytes -= victim.nbytes()

@@ -115,6 +115,7 @@ class Scheduler:
         self.context_length = context_length
         self.config = config
         self._inbox: queue.SimpleQueue[Group | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run in this thread
         self._waiting: deque[Group] = deque()
         self._prefilling: deque[Group] = deque()
         self._running: list[Choice] = []
@@ -133,6 +134,10 @@ class Scheduler:
         self._stopping = True
         self._inbox.put(None)
         self._thread.join(timeout=10)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in the scheduler thread between steps (the thread owns the caches)."""
+        self._calls.put(fn)
 
     def waiting_count(self) -> int:
         return len(self._waiting) + self._inbox.qsize()
@@ -155,6 +160,8 @@ class Scheduler:
     def _iterate(self) -> None:
         idle = not (self._waiting or self._prefilling or self._running)
         self._take_inbox(block=idle)
+        while not self._calls.empty():
+            self._calls.get_nowait()()
         self._drop_aborted()
         self._expire_waiting()
         self._admit()
@@ -229,7 +236,7 @@ class Scheduler:
             self._prefilling.popleft()
             group.positions = group.image_embeds = None
             if group.keys:
-                self.prefix_cache.insert(group.keys, group.cache)
+                self.prefix_cache.insert(group.keys, group.cache, group.req.session_key)
             self._start_choices(group, logits.float())
         except Exception as exc:
             log.exception("prefill failed for %s", group.req.request_id)
@@ -320,7 +327,7 @@ class Scheduler:
         if choice.thinking is not None:
             choice.thinking.feed(text)
         if finish is not None and choice.group.keys:  # the reply too: the next turn starts with it
-            self.prefix_cache.insert(choice.group.keys + choice.detok.ids, choice.cache)
+            self.prefix_cache.insert(choice.group.keys + choice.detok.ids, choice.cache, req.session_key)
         choice.group.emit(EngineEvent(
             index=choice.index, token_ids=[token], text=text,
             logprobs=[logprob] if logprob is not None else None, finish_reason=finish,

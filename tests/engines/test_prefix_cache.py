@@ -395,3 +395,16 @@ def test_random_operations_match_a_model(budget_tokens: int | None,
         present = present_prefixes(pc)
         assert all(any(tuple(seq[: len(p)]) == p for seq in inserted) for p in present if p)  # nothing made up
         assert pc.bytes == pc.tokens() * TOKEN_BYTES == sum(n.nbytes() for n in pc._nodes())
+
+
+def test_session_prefixes_are_evicted_last_until_the_session_is_forgotten() -> None:
+    pc = PrefixCache(3 * TOKEN_BYTES)
+    pc.insert([1, 2], filled([1, 2]), session="owner:s1")
+    pc.insert([7], filled([7]))
+    pc.insert([8], filled([8]))  # over budget: [7] goes although the session's [1, 2] is older
+    assert lookup(pc, [7, 0]) == 0
+    pc.forget_session("owner:s1")
+    pc.insert([9], filled([9]))  # now plain LRU: the oldest leaf, [1, 2], goes
+    assert lookup(pc, [1, 2, 0]) == 0
+    assert lookup(pc, [8, 0]) == 1 and lookup(pc, [9, 0]) == 1
+    assert pc.bytes <= 3 * TOKEN_BYTES

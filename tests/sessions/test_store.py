@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import APIError
-from sessions.manager import SessionManager, check_session_id, owner_of
+from sessions.manager import SessionManager, check_session_id, engine_key, owner_of
 from sessions.store import SessionStore, Transcript
 
 
@@ -76,10 +76,10 @@ def test_expire_removes_only_idle(store: SessionStore) -> None:
     now = time.time()
     store.save(transcript(session_id="old", updated=now - 3600))
     store.save(transcript(session_id="fresh", updated=now))
-    assert store.expire(60) == 1
+    assert store.expire(60) == [("owner", "old")]
     assert store.load("owner", "old") is None
     assert store.load("owner", "fresh") is not None
-    assert store.expire(60) == 0
+    assert store.expire(60) == []
 
 
 def test_durable_across_reopen(tmp_path: Path) -> None:
@@ -219,3 +219,18 @@ def test_owner_of() -> None:
     assert owner_of("key-a") != owner_of("key-b")
     assert owner_of(None) == owner_of("")
     assert "key-a" not in owner_of("key-a") and len(owner_of("key-a")) == 32
+
+
+def test_deleted_and_expired_sessions_are_forgotten_by_the_engine(store: SessionStore) -> None:
+    forgotten: list[str] = []
+    manager = SessionManager(store, idle_timeout_s=60, busy_timeout_s=1, on_forget=forgotten.append)
+    store.save(transcript(session_id="gone"))
+    store.save(transcript(session_id="idle", updated=time.time() - 3600))
+
+    async def main() -> None:
+        await manager.delete("owner", "gone")
+        lease = await manager.acquire("owner", "other")  # runs the periodic expiry
+        lease.release()
+
+    asyncio.run(main())
+    assert forgotten == [engine_key("owner", "gone"), engine_key("owner", "idle")]
