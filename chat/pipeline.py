@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from app.errors import APIError
 from app.protocol import (
     ChatCompletion,
@@ -352,8 +354,9 @@ async def _chunks(run: _Run) -> AsyncIterator[ChatCompletionChunk]:
     try:
         async for chunk_out in _event_chunks(run, chunk):
             yield chunk_out
-    finally:
-        await run.finish()  # also when the client went away: what was sent is stored
+    finally:  # also when the client went away: what was sent is stored, even while being cancelled
+        with anyio.CancelScope(shield=True):
+            await run.finish()
     if plan.include_usage:
         yield chunk([], usage=run.usage())
 

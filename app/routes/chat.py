@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
@@ -94,6 +95,7 @@ async def _releasing(chunks: AsyncIterator[Any], lease: Lease) -> AsyncIterator[
     try:
         async for chunk in chunks:
             yield chunk
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+    finally:  # a client that went away cancels the stream: close it shielded, then free the session
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()  # type: ignore[attr-defined]
         lease.release()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -119,6 +120,27 @@ def test_streamed_turns_are_stored(client, small_server):
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     body = get_session(small_server, session).json()
     assert body["messages"][-1] == {"role": "assistant", "content": text}
+
+
+def test_a_client_that_disconnects_mid_stream_still_finds_what_it_received(small_server):
+    session = sid()
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a long story about a fox."}],
+            "max_tokens": 200, "temperature": 0, "stream": True, "ignore_eos": True}
+    received = []
+    with httpx.Client(timeout=60) as http, http.stream(
+            "POST", f"{small_server.base_url}/v1/chat/completions", json=body,
+            headers={"X-Session-ID": session, "Authorization": "Bearer unused"}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                received.append(json.loads(line[6:])["choices"][0]["delta"].get("content") or "")
+            if len(received) >= 6:
+                break  # leave mid-stream
+    text = "".join(received)
+    deadline = time.monotonic() + 30
+    while (found := get_session(small_server, session)).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stored = found.json()["messages"][-1]
+    assert stored["role"] == "assistant" and stored["content"].startswith(text) and text
 
 
 def test_recall_a_fact_from_turn_one(default_server):
