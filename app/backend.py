@@ -18,6 +18,10 @@ log = logging.getLogger("lodestar.backend")
 
 def build_served_model(settings: Settings) -> ServedModel:
     """Load weights and start the engine (blocking: run it off the event loop)."""
+    if settings.engine == "sglang":
+        from app.sglang_backend import build_sglang_model
+
+        return build_sglang_model(settings)
     from engines.embedded.engine import EmbeddedEngine
     from engines.embedded.loader import load_model
     from engines.embedded.scheduler import SchedulerConfig

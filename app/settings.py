@@ -28,7 +28,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allow_unauthenticated: bool = False  # allow binding a non-loopback address without keys
     # Model and engine
     model: str = "default"  # catalog id or alias, .gguf file, or Hugging Face folder
-    engine: Literal["embedded"] = "embedded"
+    engine: Literal["embedded", "sglang"] = "embedded"  # sglang: SGLang workers on GPUs (docs/deployment.md)
     data_dir: str = "~/.local/share/lodestar"  # converted weights and other state
     quantize: Literal["int8", "none"] = "int8"  # int8 dynamic quantization of Linear layers
     threads: int = 0  # torch threads for the engine; 0 = all cores
@@ -38,6 +38,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_queue: int = 64  # requests waiting for a batch slot before 429
     queue_timeout_s: float = 60.0  # longest wait for a batch slot before 503
     prefix_cache_bytes: int = 1 << 30  # KV of cached prompt prefixes kept for reuse (embedded engine); 0 = off
+    # SGLang engine (docs/deployment.md)
+    sglang_url: tuple[str, ...] = ()  # SGLang workers, or one SGLang model gateway; repeat for several
+    sglang_api_key: str | None = None  # the key the workers were started with (--api-key), if any
+    tokenizer: str | None = None  # folder with the model's tokenizer and chat template; None = the model's
+    launch: bool = False  # start sglang.launch_server as a child process (instead of sglang_url)
+    sglang_python: str | None = None  # interpreter that has SGLang installed; None = Lodestar's own
+    sglang_launch_args: tuple[str, ...] = ()  # extra sglang.launch_server arguments, e.g. --tp-size=2
+    sglang_port: int = 30000  # port of the launched SGLang server (on 127.0.0.1)
+    sglang_startup_timeout_s: float = 1800.0  # wait for the workers to answer at start-up
+    sglang_connect_timeout_s: float = 5.0
+    sglang_read_timeout_s: float = 300.0  # longest silence of a worker within one request
+    sglang_retry_s: float = 10.0  # a worker that failed stays out of rotation this long
+    sglang_health_interval_s: float = 10.0  # /health_generate probes of every worker
     # Request limits
     max_body_bytes: int = 32 * MiB  # larger bodies get 413
     max_messages: int = 2048
@@ -101,6 +114,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise SettingsError(f"{key} must be positive")
         if self.session_idle_timeout_s <= 0 or self.session_busy_timeout_s < 0:
             raise SettingsError("session_idle_timeout_s must be > 0 and session_busy_timeout_s >= 0")
+        for key in ("sglang_port", "sglang_startup_timeout_s", "sglang_connect_timeout_s",
+                    "sglang_read_timeout_s", "sglang_retry_s"):
+            if getattr(self, key) <= 0:
+                raise SettingsError(f"{key} must be positive")
+        if self.engine == "sglang" and not self.sglang_url and not self.launch:
+            raise SettingsError("engine sglang needs sglang_url (--sglang-url URL) or launch (--launch)")
+        if self.sglang_health_interval_s < 0:
+            raise SettingsError("sglang_health_interval_s must be >= 0 (0 = no probes)")
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
         for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries",

@@ -158,7 +158,7 @@ def resolve_model_folder(name: str, data_dir: Path) -> tuple[Path, str, tuple[st
         f"unknown model {name!r}: give a catalog id, a .gguf file or a Hugging Face model folder")
 
 
-def _folder_chat_template(folder: Path) -> str | None:
+def folder_chat_template(folder: Path) -> str | None:
     """A template shipped beside the tokenizer (vision models often keep it in the processor's files)."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
@@ -176,7 +176,7 @@ def load_model(name: str, data_dir: Path, *, quantize: str = "int8") -> LoadedMo
     folder, model_id, aliases = resolve_model_folder(name, data_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = _folder_chat_template(folder)
+        tokenizer.chat_template = folder_chat_template(folder)
     vision = AutoConfig.from_pretrained(folder).model_type in VISION_MODEL_TYPES
     auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     model = auto.from_pretrained(folder, dtype=torch.float32)

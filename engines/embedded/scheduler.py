@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from engines.base import EngineError, EngineEvent, EngineRequest, TokenLogprob
+from engines.detokenizer import IncrementalDetokenizer
 from engines.embedded.decoder import Decoder, KVCache
-from engines.embedded.detokenizer import IncrementalDetokenizer
 from engines.embedded.grammar import GrammarCompiler, GrammarState
 from engines.embedded.prefix_cache import PrefixCache, image_keys
 from engines.embedded.sampler import ChoiceSampler

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.embedded.detokenizer import IncrementalDetokenizer
+from engines.detokenizer import IncrementalDetokenizer
 
 TEXTS = [
     "héllo wörld 你好 🌍 done",

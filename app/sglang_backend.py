@@ -1,0 +1,109 @@
+"""Build the served model for `--engine sglang`: tokenizer and template here, SGLang workers behind."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings
+from chat.families import detect_family
+from chat.images import image_policy
+from chat.pipeline import ServedModel
+from chat.reasoning import ReasoningSyntax
+from chat.template import PromptRenderer
+from multimodal.loader import ImageLoader
+
+log = logging.getLogger("lodestar.backend")
+
+
+def build_sglang_model(settings: Settings) -> ServedModel:
+    from engines.sglang.engine import RuntimeFacts, SGLangEngine
+    from engines.sglang.launcher import Launcher
+    from engines.sglang.worker import Worker
+
+    model_path, aliases = _model_path(settings)
+    launcher = None
+    urls = list(settings.sglang_url)
+    if settings.launch:
+        launcher = Launcher(model_path, port=settings.sglang_port, python=settings.sglang_python,
+                            extra_args=settings.sglang_launch_args)
+        launcher.start()
+        urls = [launcher.url]
+    try:
+        if launcher is not None:
+            launcher.wait_healthy(settings.sglang_startup_timeout_s)
+        facts: RuntimeFacts = _first_facts(urls, model_path, settings)
+        tokenizer, model_type = _tokenizer(settings.tokenizer or model_path)
+        family = detect_family(model_type, tokenizer.chat_template)
+        workers = [Worker(url, connect_timeout_s=settings.sglang_connect_timeout_s,
+                          read_timeout_s=settings.sglang_read_timeout_s, retry_s=settings.sglang_retry_s,
+                          api_key=settings.sglang_api_key) for url in urls]
+        engine = SGLangEngine(workers, facts, tokenizer=tokenizer, family=family.name, model_type=model_type,
+                              aliases=aliases, context_length=settings.context_length,
+                              health_interval_s=settings.sglang_health_interval_s,
+                              on_close=launcher.stop if launcher is not None else None)
+    except BaseException:
+        if launcher is not None:
+            launcher.stop()
+        raise
+    if facts.grammar_backend != "llguidance":
+        log.warning("the SGLang workers run grammar backend %r, not llguidance: requests with tools or "
+                    "response_format will be refused", facts.grammar_backend)
+    renderer = PromptRenderer(tokenizer, family, vision=engine.model_info.vision)
+    images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None
+    fingerprint = "fp_" + hashlib.sha256(f"sglang:{facts.model_id}".encode()).hexdigest()[:10]
+    log.info("serving %s from %d SGLang worker(s) (family %s, context %d)", facts.model_id, len(urls),
+             family.name, engine.model_info.context_length)
+    reasoning = ReasoningSyntax.for_model(family, tokenizer, settings.prompted_thinking)
+    return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images,
+                       reasoning=reasoning)
+
+
+def _model_path(settings: Settings) -> tuple[str, tuple[str, ...]]:
+    """A catalog model or GGUF file becomes its converted folder (SGLang loads that); a folder or a hub id
+    is passed on as it is."""
+    from engines.embedded.catalog import find_catalog_model
+    from engines.embedded.loader import resolve_model_folder
+
+    name = settings.model
+    if find_catalog_model(name) is not None or Path(name).expanduser().is_file():
+        folder, _, aliases = resolve_model_folder(name, settings.data_path())
+        return str(folder), tuple(dict.fromkeys((name, *aliases)))
+    return name, ()
+
+
+def _first_facts(urls: list[str], model_path: str, settings: Settings) -> Any:
+    """Blocking: the facts of the first worker that answers, waiting for workers that are still starting."""
+    from engines.sglang.engine import read_facts
+
+    deadline = time.monotonic() + settings.sglang_startup_timeout_s
+    while True:
+        errors = []
+        for url in urls:
+            try:
+                return read_facts(url, Path(model_path).name, api_key=settings.sglang_api_key)
+            except Exception as exc:  # not up yet, or not an SGLang server
+                errors.append(f"{url}: {exc}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("no SGLang worker answered: " + "; ".join(errors))
+        log.info("waiting for SGLang workers: %s", "; ".join(errors))
+        time.sleep(2.0)
+
+
+def _tokenizer(source: str) -> tuple[Any, str]:
+    """The model's tokenizer and type from a local folder, or from the local Hugging Face cache (which
+    SGLang fills when it downloads the model): Lodestar itself never downloads."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from engines.embedded.loader import folder_chat_template
+
+    local = Path(source).expanduser()
+    kwargs: dict[str, Any] = {} if local.is_dir() else {"local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if not getattr(tokenizer, "chat_template", None) and local.is_dir():
+        tokenizer.chat_template = folder_chat_template(local)
+    model_type = AutoConfig.from_pretrained(source, **kwargs).model_type
+    return tokenizer, model_type

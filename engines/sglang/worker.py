@@ -1,0 +1,126 @@
+"""One SGLang worker (or gateway) over HTTP: streamed `/generate`, `/abort_request`, info and health.
+
+A worker that refuses connections, fails with a 5xx, hangs or drops a stream is taken out of rotation for
+`retry_s`; the health monitor puts it back as soon as `/health_generate` answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from engines.base import EngineError
+from engines.sglang.wire import error_message
+
+log = logging.getLogger("lodestar.sglang")
+
+
+class WorkerUnreachable(EngineError):
+    """Nothing was sent: another worker may take the request."""
+
+
+class Worker:
+    def __init__(self, url: str, *, connect_timeout_s: float, read_timeout_s: float, retry_s: float,
+                 api_key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.retry_s = retry_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(
+            base_url=self.url, headers=headers, trust_env=False,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        self.in_flight = 0
+        self.down_until = 0.0  # monotonic time before which the worker is out of rotation
+        self.last_error = ""
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_down(self, reason: str) -> None:
+        if self.up:
+            log.warning("SGLang worker %s out of rotation for %.0f s: %s", self.url, self.retry_s, reason)
+        self.down_until = time.monotonic() + self.retry_s
+        self.last_error = reason
+
+    def mark_up(self) -> None:
+        if not self.up:
+            log.info("SGLang worker %s back in rotation", self.url)
+        self.down_until = 0.0
+        self.last_error = ""
+
+    async def generate(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncIterator[bytes]:
+        """The `data:` payloads of a streamed `/generate` call, without the closing [DONE]."""
+        self.in_flight += 1
+        try:
+            try:
+                async with self.client.stream("POST", "/generate", json=body, headers=headers) as response:
+                    if response.status_code != 200:
+                        raise await self._refusal(response)
+                    self.mark_up()
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            return
+                        yield data.encode()
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self.mark_down(f"cannot connect: {exc}")
+                raise WorkerUnreachable(f"the SGLang worker at {self.url} is unreachable", status=503,
+                                        code="engine_unavailable", retry_after=self.retry_s) from None
+            except httpx.TimeoutException:
+                self.mark_down("timed out")
+                raise EngineError(f"the SGLang worker at {self.url} did not answer in time", status=504,
+                                  code="engine_timeout") from None
+            except httpx.HTTPError as exc:  # the connection broke mid-stream
+                self.mark_down(f"stream broken: {exc}")
+                raise EngineError(f"the SGLang worker at {self.url} ended the stream early", status=502,
+                                  code="engine_error") from None
+        finally:
+            self.in_flight -= 1
+
+    async def _refusal(self, response: httpx.Response) -> EngineError:
+        await response.aread()
+        try:
+            message = error_message(response.json())
+        except ValueError:
+            message = response.text[:500] or response.reason_phrase
+        status = response.status_code
+        if status in (400, 413, 422):
+            return EngineError(f"the SGLang worker refused the request: {message}", status=400,
+                               code="invalid_request")
+        if status == 429 or status == 503:
+            return EngineError(f"the SGLang worker is busy: {message}", status=status, code="engine_busy",
+                               retry_after=1.0)
+        self.mark_down(f"HTTP {status}")
+        return EngineError(f"the SGLang worker failed with HTTP {status}: {message}", status=502,
+                           code="engine_error")
+
+    async def abort(self, rids: list[str]) -> None:
+        """Best effort: a worker that cannot be told will finish the request's tokens on its own."""
+        for rid in rids:
+            try:
+                await self.client.post("/abort_request", json={"rid": rid}, timeout=5)
+            except httpx.HTTPError as exc:
+                log.debug("abort of %s at %s failed: %s", rid, self.url, exc)
+
+    async def check_health(self) -> bool:
+        """`/health_generate`: the worker generated a token (or is busy generating), so it serves."""
+        try:
+            response = await self.client.get("/health_generate", timeout=30)
+        except httpx.HTTPError as exc:
+            self.mark_down(f"health check failed: {exc}")
+            return False
+        if response.status_code == 200:
+            self.mark_up()
+            return True
+        self.mark_down(f"health check answered HTTP {response.status_code}")
+        return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

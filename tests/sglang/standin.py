@@ -1,0 +1,303 @@
+"""A stand-in SGLang worker for the contract tests: SGLang's HTTP contract, Lodestar's embedded engine inside.
+
+Every `/generate` body is decoded with `decode_GenerateRequest` from SGLang's own published types
+(sglang/api/v1/api_types.py, from the pinned wheel), so a field or type SGLang would reject fails the test
+with SGLang's 400. Every reply is built with `GenerateResponse`/`GenerateMetaInfo` and encoded with
+`encode_GenerateResponse`. The tokens come from a real model (the embedded engine), so grammars, reasoning
+budgets and the prefix cache behave as they would on a GPU.
+
+Run in-process with `StandIn(...).serve_in_thread(port)`, or as `python -m tests.sglang.standin
+--model-path M --port P` (sglang.launch_server's flags), which the launcher test uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib.util
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from engines.base import Constraint, EngineRequest, SamplingParams, ThinkingBudget
+
+
+def load_contract() -> ModuleType:
+    """SGLang's api_types module, loaded from the installed wheel without importing `sglang` itself (its
+    package __init__ needs the CUDA stack; this file needs only msgspec)."""
+    spec = importlib.util.find_spec("sglang")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the sglang wheel is not installed (make setup installs it with --no-deps)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "api" / "v1" / "api_types.py"
+    module_spec = importlib.util.spec_from_file_location("sglang_api_types", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+API = load_contract()
+_NO_TOP_K = 1 << 30  # SGLang's "no top-k"
+
+
+@dataclass
+class Faults:
+    """What the next /generate calls do instead of answering normally."""
+
+    refuse_next: int = 0  # answer HTTP 400
+    die_after_chunks: int | None = None  # drop the connection after this many chunks (once)
+    hang_next: int = 0  # accept, then say nothing until the client gives up
+
+
+@dataclass
+class StandIn:
+    engine: Any  # an EmbeddedEngine
+    name: str = "worker"
+    incremental: bool = False  # SGLang's --incremental-streaming-output
+    strict_thinking: bool = False  # SGLang's --enable-strict-thinking (max_thinking_tokens enforced)
+    think_close: str = "</think>"
+    faults: Faults = field(default_factory=Faults)
+    requests: list[Any] = field(default_factory=list)  # decoded GenerateRequests, in arrival order
+    headers: list[dict[str, str]] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    health_checks: int = 0
+
+    # -- ASGI --------------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path, method = scope["path"], scope["method"]
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if method == "GET" and path in ("/health", "/health_generate"):
+            self.health_checks += 1
+            return await _json(send, 200, {})
+        if method == "GET" and path in ("/model_info", "/get_model_info"):
+            info = API.GetModelInfoResponse(model_path=self.name, served_model_name="standin-model",
+                                            tokenizer_path=self.name, is_generation=True,
+                                            reasoning_parser="qwen3" if self.strict_thinking else None)
+            vision = self.engine.model_info.vision
+            return await _json(send, 200, {**API.encode_GetModelInfoResponse(info),
+                                           "has_image_understanding": vision})
+        if method == "GET" and path in ("/server_info", "/get_server_info"):
+            server = API.GetServerInfoResponse(model_path=self.name, served_model_name="standin-model",
+                                               max_context_length=self.engine.model_info.context_length,
+                                               version="0.5.23", incremental_streaming_output=self.incremental)
+            return await _json(send, 200, {**API.encode_GetServerInfoResponse(server),
+                                           "grammar_backend": "llguidance",
+                                           "enable_strict_thinking": self.strict_thinking})
+        if method == "POST" and path == "/abort_request":
+            rid = json.loads(body or b"{}").get("rid")
+            self.aborted.append(rid)
+            await self.engine.abort(rid)
+            return await _json(send, 200, {})
+        if method in ("POST", "PUT") and path == "/generate":
+            return await self._generate(scope, body, send)
+        return await _json(send, 404, {"detail": "Not Found"})
+
+    async def _generate(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
+        try:
+            req = API.decode_GenerateRequest(json.loads(body))
+        except (ValueError, API.JsonContractError) as exc:  # what SGLang answers for a contract error
+            return await _json(send, 400, {"error": str(exc)})
+        self.requests.append(req)
+        self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        if self.faults.refuse_next:
+            self.faults.refuse_next -= 1
+            return await _json(send, 400, {"error": {"message": "The input is too long.", "code": 400}})
+        if not req.stream:
+            return await _json(send, 400, {"error": "the stand-in streams only (Lodestar always streams)"})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        if self.faults.hang_next:
+            self.faults.hang_next -= 1
+            await asyncio.sleep(60)  # the client's read timeout ends it first
+            return
+        die_after, self.faults.die_after_chunks = self.faults.die_after_chunks, None
+        sent = 0
+        async for chunk in self._chunks(req):
+            if die_after is not None and sent >= die_after:
+                raise ConnectionAbortedError("stand-in: worker died mid-stream")
+            await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                        "more_body": True})
+            sent += 1
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    # -- generation --------------------------------------------------------------------------------------
+    async def _chunks(self, req: Any) -> Any:
+        batch = isinstance(req.rid, list)
+        rids = req.rid if batch else [req.rid]
+        prompts = (req.input_ids if req.input_ids is not None else req.text) if batch else \
+            [req.input_ids if req.input_ids is not None else req.text]
+        params = req.sampling_params if batch else [req.sampling_params]
+        images = (req.image_data or [None] * len(rids)) if batch else [req.image_data]
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+
+        async def run(index: int) -> None:
+            try:
+                await self._one(index, rids[index], prompts[index], params[index], images[index], req, queue)
+            except BaseException as exc:  # noqa: BLE001 - handed to the stream
+                await queue.put(exc)
+            await queue.put(None)
+
+        tasks = [asyncio.create_task(run(i)) for i in range(len(rids))]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _one(self, index: int, rid: str, prompt: Any, sp: Any, image_data: Any, req: Any,
+                   queue: asyncio.Queue) -> None:
+        engine_images = []
+        if isinstance(prompt, str):
+            ids = self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            for url in (image_data if isinstance(image_data, list) else [image_data] if image_data else []):
+                engine_images.append(await asyncio.to_thread(self._image, url))
+            if engine_images:
+                from chat.images import expand_placeholders
+
+                ids = expand_placeholders(ids, self.engine.model_info.image_token_id, engine_images)
+        else:
+            ids = list(prompt)
+        constraint = _constraint(sp)
+        if constraint is not None:
+            await asyncio.to_thread(self.engine.prepare_constraint, constraint)
+        thinking = None
+        if req.max_thinking_tokens is not None and self.strict_thinking:
+            close = "\n" + self.think_close
+            thinking = ThinkingBudget(max_tokens=req.max_thinking_tokens, close_text=self.think_close,
+                                      close_ids=tuple(self.engine.tokenizer.encode(close, add_special_tokens=False)),
+                                      close_insert=close)
+        top_logprobs = req.top_logprobs_num if isinstance(req.top_logprobs_num, int) else 0
+        engine_req = EngineRequest(
+            request_id=rid, prompt_ids=ids, images=engine_images, constraint=constraint, thinking=thinking,
+            logprobs=bool(req.return_logprob), top_logprobs=top_logprobs or 0,
+            sampling=SamplingParams(
+                max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p,
+                top_k=0 if sp.top_k in (None, -1, _NO_TOP_K) else sp.top_k, min_p=sp.min_p,
+                frequency_penalty=sp.frequency_penalty, presence_penalty=sp.presence_penalty,
+                seed=sp.sampling_seed, stop_token_ids=tuple(sp.stop_token_ids or ()),
+                min_new_tokens=sp.min_new_tokens or 0))
+        out_ids: list[int] = []
+        text = ""
+        logprobs: list[Any] = []
+        tops: list[Any] = []
+        async for event in self.engine.generate(engine_req):
+            sent = len(out_ids)
+            out_ids.extend(event.token_ids)
+            text += event.text
+            for lp in event.logprobs or []:
+                logprobs.append(API.LogprobEntry(logprob=lp.logprob, token_id=lp.token_id))
+                tops.append([API.LogprobEntry(logprob=p, token_id=t) for t, p in lp.top])
+            finish = None
+            if event.finish_reason == "stop":
+                finish = API.FinishStop(matched=out_ids[-1])
+            elif event.finish_reason == "length":
+                finish = API.FinishLength(length=len(out_ids))
+            start = sent if self.incremental else 0
+            meta = API.GenerateMetaInfo(
+                id=rid, prompt_tokens=len(ids), completion_tokens=len(out_ids), cached_tokens=event.cached_tokens,
+                finish_reason=finish,
+                output_token_logprobs=logprobs[start:] if req.return_logprob else None,
+                output_top_logprobs=tops[start:] if req.return_logprob and top_logprobs else [])
+            reply = API.GenerateResponse(text=event.text if self.incremental else text, meta_info=meta,
+                                         output_ids=out_ids[start:], index=index)
+            await queue.put(API.encode_GenerateResponse(reply))
+
+    def _image(self, url: str) -> Any:
+        from PIL import Image
+
+        header, _, payload = url.partition(",")
+        assert header.startswith("data:image/"), "Lodestar sends images as data URLs"
+        image = Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB")
+        return self.engine.prepare_image(image, f"standin:{len(payload)}", image.width * image.height)
+
+    # -- serving -----------------------------------------------------------------------------------------
+    def serve_in_thread(self, port: int) -> Any:
+        import uvicorn
+
+        server = uvicorn.Server(uvicorn.Config(self, host="127.0.0.1", port=port, log_level="warning",
+                                               lifespan="off"))
+        thread = threading.Thread(target=server.run, name=f"standin-{port}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the stand-in worker did not start")
+            time.sleep(0.05)
+        return server
+
+
+def _constraint(sp: Any) -> Constraint | None:
+    """The request's grammar as llguidance reads it (SGLang's llguidance grammar backend)."""
+    import hashlib
+
+    if sp.ebnf:
+        grammar = sp.ebnf
+    elif sp.json_schema:
+        grammar = "start: %json " + sp.json_schema
+    elif sp.regex:
+        grammar = "start: /" + sp.regex.replace("/", "\\/") + "/"
+    else:
+        return None
+    return Constraint(grammar=grammar, key=hashlib.sha256(grammar.encode()).hexdigest())
+
+
+async def _json(send: Any, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def build_engine(model: str, *, prefix_cache_bytes: int = 256 << 20) -> Any:
+    """An embedded engine (fp32, so repeated requests are exact) to stand behind the contract."""
+    from chat.families import detect_family
+    from engines.embedded.engine import EmbeddedEngine
+    from engines.embedded.loader import load_model
+    from engines.embedded.scheduler import SchedulerConfig
+
+    loaded = load_model(model, Path("~/.local/share/lodestar").expanduser(), quantize="none")
+    family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
+    return EmbeddedEngine(loaded, family=family.name, prefix_cache_bytes=prefix_cache_bytes,
+                          config=SchedulerConfig(max_batch_size=8, prefill_chunk=256, queue_timeout_s=60, threads=1))
+
+
+def main() -> None:
+    """sglang.launch_server's command line, as far as Lodestar's launcher uses it."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--grammar-backend")
+    args, _ = parser.parse_known_args()
+    import uvicorn
+
+    uvicorn.run(StandIn(build_engine(args.model_path), name=args.model_path), host=args.host, port=args.port,
+                log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
