@@ -22,10 +22,12 @@ class ChoiceDelta:
 
 class ChoiceStream:
     __slots__ = ("index", "stops", "_pending", "_emitted", "_received", "_tokens", "completion_tokens",
-                 "finished", "finish_reason", "text", "logprobs", "all_logprobs", "keep_logprobs")
+                 "finished", "finish_reason", "text", "logprobs", "all_logprobs", "keep_logprobs", "stop_token_ids")
 
-    def __init__(self, index: int, stops: list[str], keep_logprobs: bool) -> None:
+    def __init__(self, index: int, stops: list[str], keep_logprobs: bool,
+                 stop_token_ids: tuple[int, ...] = ()) -> None:
         self.index = index
+        self.stop_token_ids = stop_token_ids  # the end token that stops a choice is not part of its output
         self.stops = [s for s in stops if s]
         self._pending = ""  # received text not yet emitted (may hold a stop-string prefix)
         self._emitted = 0  # characters emitted so far
@@ -44,8 +46,11 @@ class ChoiceStream:
         if self.finished:
             return ChoiceDelta()
         self.completion_tokens += len(event.token_ids)
-        if event.logprobs:
-            for entry in event.logprobs:
+        entries = event.logprobs
+        if entries and event.finish_reason == "stop" and entries[-1].token_id in self.stop_token_ids:
+            entries = entries[:-1]
+        if entries:
+            for entry in entries:
                 self.all_logprobs.append(entry.logprob)
                 if self.keep_logprobs:
                     self._tokens.append((self._received, entry))

@@ -203,7 +203,8 @@ class _Run:
     def __init__(self, plan: Plan, served: ServedModel) -> None:
         self.plan = plan
         self.served = served
-        self.choices = [ChoiceStream(i, plan.stops, plan.logprobs) for i in range(plan.engine_request.n)]
+        stop_ids = plan.engine_request.sampling.stop_token_ids
+        self.choices = [ChoiceStream(i, plan.stops, plan.logprobs, stop_ids) for i in range(plan.engine_request.n)]
         self.parsers = [plan.tools.parser() for _ in self.choices]
         syntax = plan.reasoning.syntax if plan.reasoning else None
         self.splitters = [ReasoningSplitter(syntax.open, syntax.close) if syntax else None for _ in self.choices]

@@ -174,16 +174,26 @@ def _logprobs(meta: _Meta, count: int) -> list[TokenLogprob] | None:
     entries = meta.output_token_logprobs
     if entries is None or count == 0:
         return None
+    if len(entries) < count:
+        raise EngineError("the SGLang worker sent fewer logprobs than tokens", status=502,
+                          code="engine_protocol_error")
     entries = entries[len(entries) - count:]
     tops = (meta.output_top_logprobs or [])
     tops = tops[len(tops) - count:] if len(tops) >= count else [None] * count
-    return [TokenLogprob(token_id=int(e[1]), logprob=float(e[0]),
-                         top=[(int(t[1]), float(t[0])) for t in (row or [])])
+    return [TokenLogprob(token_id=int(e[1]), logprob=_float(e[0]),
+                         top=[(int(t[1]), _float(t[0])) for t in (row or [])])
             for e, row in zip(entries, tops, strict=True)]
+
+
+def _float(value: Any) -> float:
+    return float("-inf") if value is None else float(value)  # SGLang's contract allows a null logprob
 
 
 def stream_error(payload: Any) -> EngineError:
     code = payload.get("code") if isinstance(payload, dict) else None
     status = code if isinstance(code, int) and 400 <= code < 500 else 502
+    if status == 429:
+        return EngineError(f"the SGLang worker is busy: {error_message(payload)}", status=429,
+                           code="engine_busy", retry_after=1.0)
     return EngineError(f"the SGLang worker failed the request: {error_message(payload)}", status=status,
                        code="invalid_request" if status < 500 else "engine_error")

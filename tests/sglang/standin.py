@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -25,16 +26,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from engines.base import Constraint, EngineRequest, SamplingParams, ThinkingBudget
+from engines.base import Constraint, EngineError, EngineRequest, SamplingParams, ThinkingBudget
 
 
 def load_contract() -> ModuleType:
     """SGLang's api_types module, loaded from the installed wheel without importing `sglang` itself (its
     package __init__ needs the CUDA stack; this file needs only msgspec)."""
-    spec = importlib.util.find_spec("sglang")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the sglang wheel is not installed (make setup installs it with --no-deps)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "api" / "v1" / "api_types.py"
+    try:  # by distribution, not sys.path: the launcher test shadows `sglang` with a shim
+        path = Path(str(importlib.metadata.distribution("sglang").locate_file("sglang/api/v1/api_types.py")))
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError("the sglang wheel is not installed (make setup installs it with --no-deps)") from None
     module_spec = importlib.util.spec_from_file_location("sglang_api_types", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
@@ -201,9 +202,21 @@ class StandIn:
                 seed=sp.sampling_seed, stop_token_ids=tuple(sp.stop_token_ids or ()),
                 min_new_tokens=sp.min_new_tokens or 0))
         out_ids: list[int] = []
+        try:
+            async for event in self._events(engine_req, rid, len(ids), index, req, out_ids):
+                await queue.put(event)
+        except EngineError as exc:  # aborted: SGLang ends the choice with an abort finish
+            meta = API.GenerateMetaInfo(id=rid, prompt_tokens=len(ids), completion_tokens=len(out_ids),
+                                        finish_reason=API.FinishAbort(message=str(exc), status_code=exc.status))
+            await queue.put(API.encode_GenerateResponse(API.GenerateResponse(meta_info=meta, output_ids=[],
+                                                                             index=index)))
+
+    async def _events(self, engine_req: EngineRequest, rid: str, prompt_tokens: int, index: int, req: Any,
+                      out_ids: list[int]) -> Any:
         text = ""
         logprobs: list[Any] = []
         tops: list[Any] = []
+        top_logprobs = engine_req.top_logprobs
         async for event in self.engine.generate(engine_req):
             sent = len(out_ids)
             out_ids.extend(event.token_ids)
@@ -218,13 +231,13 @@ class StandIn:
                 finish = API.FinishLength(length=len(out_ids))
             start = sent if self.incremental else 0
             meta = API.GenerateMetaInfo(
-                id=rid, prompt_tokens=len(ids), completion_tokens=len(out_ids), cached_tokens=event.cached_tokens,
+                id=rid, prompt_tokens=prompt_tokens, completion_tokens=len(out_ids), cached_tokens=event.cached_tokens,
                 finish_reason=finish,
                 output_token_logprobs=logprobs[start:] if req.return_logprob else None,
                 output_top_logprobs=tops[start:] if req.return_logprob and top_logprobs else [])
             reply = API.GenerateResponse(text=event.text if self.incremental else text, meta_info=meta,
                                          output_ids=out_ids[start:], index=index)
-            await queue.put(API.encode_GenerateResponse(reply))
+            yield API.encode_GenerateResponse(reply)
 
     def _image(self, url: str) -> Any:
         from PIL import Image

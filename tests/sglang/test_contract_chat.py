@@ -1,0 +1,202 @@
+"""Lodestar --engine sglang end to end: the official openai client, a real Lodestar server, two stand-in
+SGLang workers (SGLang's own request decoder, SmolLM2 tokens) and one worker URL where nothing listens."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+from tests.sglang.conftest import Deployment, deploy, stop
+from tests.sglang.standin import StandIn
+
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def ask(client: openai.OpenAI, messages=PARIS, **kw):
+    kw.setdefault("max_tokens", 30)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model="smollm2", messages=messages, **kw)
+
+
+def engine_stats(deployment: Deployment) -> dict:
+    return httpx.get(f"{deployment.server.base_url}/ready", timeout=10).json()["engine"]
+
+
+def wait_for(check, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_chat_answers_through_sglang_contract(two_workers: Deployment):
+    before = sum(len(w.requests) for w in two_workers.workers)
+    reply = ask(two_workers.client())
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
+    assert sum(len(w.requests) for w in two_workers.workers) == before + 1
+    sent = next(w.requests[-1] for w in two_workers.workers if w.requests)
+    # Token ids, Lodestar's stop tokens, a rid for /abort_request: the body as SGLang decoded it.
+    assert isinstance(sent.input_ids, list) and sent.text is None and sent.stream is True
+    assert sent.rid.startswith("chatcmpl-") and sent.sampling_params.stop_token_ids
+
+
+def test_models_lists_the_runtime(two_workers: Deployment):
+    models = two_workers.client().models.list().data
+    assert [m.id for m in models] == ["standin-model"]
+
+
+def test_streaming_matches_the_whole_response(two_workers: Deployment):
+    client = two_workers.client()
+    whole = ask(client).choices[0].message.content
+    pieces = [c.choices[0].delta.content or "" for c in ask(client, stream=True) if c.choices]
+    assert len(pieces) > 3 and "".join(pieces) == whole
+
+
+def test_cumulative_and_incremental_workers_give_the_same_text(two_workers: Deployment):
+    """Session ids spread requests over both workers (one streams cumulative output, one incremental)."""
+    client = two_workers.client()
+    texts, served = set(), set()
+    for i in range(12):
+        counts = [len(w.requests) for w in two_workers.workers]
+        reply = ask(client, messages=[{"role": "user", "content": "Name three colors."}],
+                    extra_headers={"X-Session-ID": f"spread-{i}"})
+        texts.add(reply.choices[0].message.content)
+        served |= {w.name for w, c in zip(two_workers.workers, counts, strict=True) if len(w.requests) > c}
+        if served == {"a", "b"} and i >= 3:
+            break
+    assert served == {"a", "b"}
+    assert len(texts) == 1 and texts.pop()
+
+
+def test_n_seeded_choices_differ_and_repeat(two_workers: Deployment):
+    client = two_workers.client()
+    kw = {"n": 3, "seed": 11, "temperature": 1.0, "max_tokens": 12}
+    first = [c.message.content for c in ask(client, **kw).choices]
+    again = [c.message.content for c in ask(client, **kw).choices]
+    assert len(first) == 3 and len(set(first)) > 1
+    assert first == again
+    sent = next(w.requests[-1] for w in two_workers.workers if w.requests and isinstance(w.requests[-1].rid, list))
+    assert [p.sampling_seed for p in sent.sampling_params] == [11, 12, 13]
+
+
+def test_stop_string_cuts_the_answer(two_workers: Deployment):
+    client = two_workers.client()
+    messages = [{"role": "user", "content": "Write one sentence about the sea."}]
+    full = ask(client, messages=messages, max_tokens=40).choices[0].message.content
+    words = full.split()
+    assert len(words) > 4
+    stop = " " + words[3]
+    cut = ask(client, messages=messages, max_tokens=40, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop"
+    assert cut.message.content == full[: full.index(stop)]
+
+
+def test_logprobs_come_from_the_worker(two_workers: Deployment):
+    reply = ask(two_workers.client(), logprobs=True, top_logprobs=2).choices[0]
+    tokens = reply.logprobs.content
+    assert tokens and "".join(t.token for t in tokens) == reply.message.content
+    for t in tokens:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 2
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+    sent = next(w.requests[-1] for w in two_workers.workers if w.requests and w.requests[-1].return_logprob)
+    assert sent.top_logprobs_num == 2
+
+
+def test_sessions_stick_to_one_worker_and_reuse_its_cache(two_workers: Deployment):
+    client = two_workers.client()
+    for s in range(4):
+        session = f"affinity-{s}"
+        messages = [{"role": "user", "content": f"Tell me a fact about the number {s}."}]
+        first = ask(client, messages=messages, max_tokens=8, extra_headers={"X-Session-ID": session})
+        second = ask(client, messages=[{"role": "user", "content": "And another one."}], max_tokens=8,
+                     extra_headers={"X-Session-ID": session})
+        assert first.usage.prompt_tokens_details.cached_tokens >= 0
+        assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens // 2
+        holders = {w.name for w in two_workers.workers
+                   for h in w.headers if h.get("x-smg-routing-key", "").endswith(":" + session)}
+        assert len(holders) == 1, f"session {session} was served by {holders}"
+
+
+def test_client_disconnect_aborts_the_request(two_workers: Deployment):
+    client = two_workers.client()
+    aborted_before = sum(len(w.aborted) for w in two_workers.workers)
+    stream = ask(client, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+                 max_tokens=400, temperature=1.0, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    assert wait_for(lambda: sum(len(w.aborted) for w in two_workers.workers) > aborted_before)
+    assert wait_for(lambda: engine_stats(two_workers)["running"] == 0)
+
+
+def test_worker_400_becomes_openai_400(two_workers: Deployment):
+    for w in two_workers.workers:
+        w.faults.refuse_next = 1
+    try:
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(two_workers.client())
+        assert "too long" in str(err.value)
+    finally:
+        for w in two_workers.workers:
+            w.faults.refuse_next = 0
+
+
+def test_worker_dying_mid_stream_ends_the_stream_with_an_error_and_leaves_rotation(two_workers: Deployment):
+    for w in two_workers.workers:
+        w.faults.die_after_chunks = 2
+    try:
+        with pytest.raises(openai.APIError):
+            for _ in ask(two_workers.client(), max_tokens=40, stream=True):
+                pass
+    finally:
+        for w in two_workers.workers:
+            w.faults.die_after_chunks = None
+    assert engine_stats(two_workers)["workers_up"] == 1
+    assert "Paris" in ask(two_workers.client()).choices[0].message.content  # the other worker serves
+    assert wait_for(lambda: engine_stats(two_workers)["workers_up"] == 2, timeout=20)  # health brings it back
+
+
+def test_hanging_worker_times_out_with_504(two_workers: Deployment):
+    for w in two_workers.workers:
+        w.faults.hang_next = 1
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            ask(two_workers.client())
+        assert err.value.status_code == 504
+        assert time.monotonic() - started < 15
+    finally:
+        for w in two_workers.workers:
+            w.faults.hang_next = 0
+    assert wait_for(lambda: engine_stats(two_workers)["workers_up"] == 2, timeout=20)
+
+
+def test_contract_error_from_sglang_is_a_400(two_workers: Deployment):
+    """The stand-in refuses what SGLang's decoder refuses, with SGLang's 400 (so the tests above prove that
+    every body Lodestar sent was acceptable to SGLang)."""
+    response = httpx.post(f"{two_workers.urls[0]}/generate",
+                          json={"input_ids": [1], "stream": True, "sampling_params": {"bogus": 1}}, timeout=10)
+    assert response.status_code == 400 and "bogus" in response.json()["error"]
+
+
+def test_unreachable_worker_is_skipped(tmp_path, smollm2_engine):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    deployment, servers = deploy(tmp_path, "smollm2", StandIn(smollm2_engine, name="live"), dead_urls=(dead,))
+    try:
+        client = deployment.client()
+        for i in range(6):  # sessions that hash to the dead worker are retried on the live one
+            assert "Paris" in ask(client, extra_headers={"X-Session-ID": f"dead-{i}"}).choices[0].message.content
+        assert len(deployment.workers[0].requests) == 6
+        stats = engine_stats(deployment)
+        assert stats["workers"] == 2 and stats["workers_up"] == 1
+    finally:
+        stop(deployment, servers)
