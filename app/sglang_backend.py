@@ -72,7 +72,8 @@ def _model_path(settings: Settings) -> tuple[str, tuple[str, ...]]:
     if find_catalog_model(name) is not None or Path(name).expanduser().is_file():
         folder, _, aliases = resolve_model_folder(name, settings.data_path())
         return str(folder), tuple(dict.fromkeys((name, *aliases)))
-    return name, ()
+    local = Path(name).expanduser()
+    return name, ((local.name.lower(),) if local.is_dir() else ())
 
 
 def _first_facts(urls: list[str], model_path: str, settings: Settings) -> Any:

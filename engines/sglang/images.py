@@ -19,7 +19,8 @@ _FACTOR = 28  # 14-pixel patches, merged 2x2 into one token
 
 
 def prepare_qwen_vl(image: Any, digest: str, pixel_budget: int) -> EngineImage:
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    # The PIL variant: the torch one imports torchvision, which this CPU build must not have.
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     height, width = smart_resize(image.height, image.width, factor=_FACTOR, min_pixels=_FACTOR * _FACTOR * 4,
                                  max_pixels=max(pixel_budget, _FACTOR * _FACTOR * 4))
