@@ -159,6 +159,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     if settings.max_tokens_limit:
         max_new = min(max_new, settings.max_tokens_limit)
     top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     sampling = SamplingParams(
         max_new_tokens=max_new,
         temperature=settings.default_temperature if req.temperature is None else req.temperature,
@@ -169,6 +170,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         presence_penalty=req.presence_penalty or 0.0,
         seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
         stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
+        stop=tuple(stops) if reasoning is None or not reasoning.section else (),
     )
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -178,7 +180,6 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0)
     if reasoning is not None and not reasoning.section:
         reasoning = None  # thinking is off and the prompt says so: the output is all answer
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return Plan(request_id=request_id, created=int(time.time()), model=model_id,
                 engine_request=engine_request, stops=stops, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),

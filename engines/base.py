@@ -37,6 +37,10 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     min_new_tokens: int = 0  # stop tokens are not sampled before this many new tokens (SGLang's name)
+    # A hint: an engine may end a choice once its text contains one of these (SGLang does); the pipeline
+    # cuts the text at stop strings itself either way. Empty when stop strings must not apply to all of
+    # the output (reasoning is exempt).
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

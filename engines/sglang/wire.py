@@ -37,6 +37,8 @@ def sampling_params(req: EngineRequest, index: int) -> dict[str, Any]:
         "stop_token_ids": list(s.stop_token_ids),
         "skip_special_tokens": False,  # the text is ours (from output_ids); keep SGLang's work minimal
     }
+    if s.stop:
+        params["stop"] = list(s.stop)  # the worker ends early; the pipeline still cuts the text
     if s.top_k > 0:
         params["top_k"] = s.top_k
     if s.min_new_tokens:

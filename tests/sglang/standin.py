@@ -217,6 +217,7 @@ class StandIn:
         logprobs: list[Any] = []
         tops: list[Any] = []
         top_logprobs = engine_req.top_logprobs
+        stop = req_stop(req, index)
         async for event in self.engine.generate(engine_req):
             sent = len(out_ids)
             out_ids.extend(event.token_ids)
@@ -229,6 +230,9 @@ class StandIn:
                 finish = API.FinishStop(matched=out_ids[-1])
             elif event.finish_reason == "length":
                 finish = API.FinishLength(length=len(out_ids))
+            matched = next((s for s in stop if s in text), None)
+            if finish is None and matched is not None:  # SGLang's stop strings end the choice at once
+                finish = API.FinishStop(matched=matched)
             start = sent if self.incremental else 0
             meta = API.GenerateMetaInfo(
                 id=rid, prompt_tokens=prompt_tokens, completion_tokens=len(out_ids), cached_tokens=event.cached_tokens,
@@ -238,6 +242,8 @@ class StandIn:
             reply = API.GenerateResponse(text=event.text if self.incremental else text, meta_info=meta,
                                          output_ids=out_ids[start:], index=index)
             yield API.encode_GenerateResponse(reply)
+            if finish is not None:
+                return  # leaving the engine's stream ends its work
 
     def _image(self, url: str) -> Any:
         from PIL import Image
@@ -261,6 +267,12 @@ class StandIn:
                 raise RuntimeError("the stand-in worker did not start")
             time.sleep(0.05)
         return server
+
+
+def req_stop(req: Any, index: int) -> list[str]:
+    sp = req.sampling_params[index] if isinstance(req.sampling_params, list) else req.sampling_params
+    stop = sp.stop if sp is not None else None
+    return [stop] if isinstance(stop, str) else list(stop or [])
 
 
 def _constraint(sp: Any) -> Constraint | None:

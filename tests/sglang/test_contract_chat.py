@@ -94,9 +94,14 @@ def test_stop_string_cuts_the_answer(two_workers: Deployment):
     words = full.split()
     assert len(words) > 4
     stop = " " + words[3]
-    cut = ask(client, messages=messages, max_tokens=40, stop=[stop]).choices[0]
+    reply = ask(client, messages=messages, max_tokens=40, stop=[stop])
+    cut = reply.choices[0]
     assert cut.finish_reason == "stop"
     assert cut.message.content == full[: full.index(stop)]
+    # The worker was given the stop string and ended the choice there, not at max_tokens.
+    sent = next(w.requests[-1] for w in two_workers.workers if w.requests and w.requests[-1].sampling_params.stop)
+    assert sent.sampling_params.stop == [stop]
+    assert reply.usage.completion_tokens < 40
 
 
 def test_logprobs_come_from_the_worker(two_workers: Deployment):
