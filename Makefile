@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lodestar-installed
 NODE_STAMP := tests/node/node_modules/.lodestar-installed
 
-.PHONY: setup serve test test-fast bench lint clean
+.PHONY: setup serve test test-fast bench compare lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: setup $(NODE_STAMP)
 
 bench: setup
 	$(PY) -m bench.serving $(ARGS)
+
+# Lodestar against llama.cpp's server and transformers serve on the same weights (docs/benchmarks.md).
+compare: setup
+	$(PY) -m pip install --quiet -e '.[bench,test]'
+	$(PY) -m bench.compare $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,0 +1,136 @@
+"""Lodestar side by side with the servers users would pick instead, on the same weights and workloads.
+
+    .venv/bin/python -m bench.compare [--quick] [--peers llama.cpp,transformers] [--out bench/results/compare]
+
+One run: each server is started in turn (never two at once: the machine has 2 cores), driven over HTTP by
+the same client code (bench/workloads.py), and stopped. Writes results.json and PNG plots into --out and
+prints each figure with the targets of issue 8 marked met or not. Peers are installed on first use into
+bench/.peers/ (llama-cpp-python compiles: ~10 minutes once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import workloads
+from bench.peers import Running, start_llama_cpp_or_none, start_lodestar, start_transformers_or_none
+from bench.plots import plot_all
+from bench.serving import http_overhead
+from tests.conftest import ROOT
+
+
+def measure(server: Running, quick: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"notes": server.notes}
+    steps = [
+        ("single_stream", lambda: workloads.single_stream(
+            server, repeats=2 if quick else 3, new_tokens=32 if quick else 128,
+            prompt_sizes=(50, 200) if quick else (50, 200, 800))),
+        ("concurrency", lambda: workloads.concurrency(
+            server, levels=(1, 4) if quick else (1, 2, 4, 8), new_tokens=24 if quick else 64)),
+        ("multi_turn", lambda: workloads.multi_turn(
+            server, conversations=2 if quick else 4, turns=3 if quick else 10, reply_tokens=16 if quick else 24)),
+        ("tool_calls", lambda: workloads.tool_calls(server, requests=5 if quick else 50)),
+    ]
+    for name, step in steps:
+        started = time.perf_counter()
+        try:
+            result[name] = step()
+        except Exception as exc:  # a peer that cannot do a workload is reported, not fatal
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        print(f"  {server.name} {name} ({time.perf_counter() - started:.0f} s): {json.dumps(result[name])}",
+              flush=True)
+    return result
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 8's targets, each computed from this run's numbers."""
+    ours = results["servers"].get("lodestar", {})
+    llama = results["servers"].get("llama.cpp", {})
+    rows = []
+
+    def row(name: str, value: float | None, goal: str, met: bool | None) -> None:
+        rows.append({"target": name, "value": value, "goal": goal, "met": met})
+
+    try:
+        a, b = ours["multi_turn"]["ttft_by_turn_s"][-1], llama["multi_turn"]["ttft_by_turn_s"][-1]
+        row("multi-turn TTFT at the last turn, Lodestar / llama.cpp", a / b, "<= 0.333", a / b <= 1 / 3)
+    except (KeyError, IndexError, TypeError, ZeroDivisionError):
+        row("multi-turn TTFT at the last turn, Lodestar / llama.cpp", None, "<= 0.333", None)
+    try:
+        levels = ours["concurrency"]
+        top = max(levels, key=int)
+        ratio = levels[top]["aggregate_tokens_per_s"] / levels["1"]["aggregate_tokens_per_s"]
+        row(f"aggregate tokens/s at {top} streams / 1 stream (Lodestar)", ratio, ">= 3", ratio >= 3)
+    except (KeyError, ValueError, ZeroDivisionError):
+        row("aggregate tokens/s at 8 streams / 1 stream (Lodestar)", None, ">= 3", None)
+    try:
+        ratio = ours["single_stream"]["decode_tokens_per_s"] / llama["single_stream"]["decode_tokens_per_s"]
+        row("decode tokens/s, Lodestar / llama.cpp", ratio, ">= 0.7", ratio >= 0.7)
+    except (KeyError, ZeroDivisionError):
+        row("decode tokens/s, Lodestar / llama.cpp", None, ">= 0.7", None)
+    http = results.get("http_overhead", {})
+    p50 = http.get("p50_ms")
+    row("HTTP layer per request, p50 ms", p50, "< 2", p50 < 2 if p50 is not None else None)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts: under 5 minutes once peers are built")
+    parser.add_argument("--peers", default="llama.cpp,transformers", help="comma-separated; empty for none")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/compare"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = os.cpu_count() or 2
+    results: dict[str, Any] = {
+        "machine": {"cpus": threads, "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": _cpu_model()},
+        "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "servers": {}}
+    starters = {"lodestar": lambda: start_lodestar(logs),
+                "llama.cpp": lambda: start_llama_cpp_or_none(logs, threads),
+                "transformers": lambda: start_transformers_or_none(logs)}
+    wanted = ["lodestar", *[p.strip() for p in args.peers.split(",") if p.strip()]]
+    for name in wanted:
+        print(f"starting {name}", flush=True)
+        server = starters[name]()
+        if isinstance(server, str):  # could not start: the reason
+            results["servers"][name] = {"error": server}
+            print(f"  {name} did not run: {server[:300]}", flush=True)
+            continue
+        try:
+            results["servers"][server.name] = measure(server, args.quick)
+        finally:
+            server.stop()
+    results["http_overhead"] = http_overhead(100 if args.quick else 500, 64)
+    print(f"  http overhead: {json.dumps(results['http_overhead'])}", flush=True)
+    results["targets"] = targets(results)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_all(results, out)
+    for t in results["targets"]:
+        verdict = "met" if t["met"] else ("not met" if t["met"] is False else "not measured")
+        value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"target: {t['target']}: {value} (goal {t['goal']}): {verdict}")
+    print(f"wrote {out / 'results.json'} and plots")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
