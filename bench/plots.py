@@ -29,7 +29,8 @@ def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
             sizes = sorted(ttft, key=int)
             ax.plot([int(s) for s in sizes], [ttft[s] for s in sizes], marker="o", label=name)
     ax.set(xlabel="prompt tokens (approx.)", ylabel="time to first token (s)", title="Workload 1: time to first token")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     save(fig, "ttft-by-prompt.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -39,7 +40,8 @@ def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
             keys = sorted(levels, key=int)
             ax.plot([int(k) for k in keys], [levels[k]["aggregate_tokens_per_s"] for k in keys], marker="o", label=name)
     ax.set(xlabel="concurrent streams", ylabel="aggregate tokens/s", title="Workload 2: concurrency")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     save(fig, "concurrency.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -48,6 +50,7 @@ def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
         if turns:
             ax.plot(range(1, len(turns) + 1), turns, marker="o", label=name)
     ax.set(xlabel="turn", ylabel="median time to first token (s)", title="Workload 3: multi-turn conversations")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     save(fig, "multi-turn.png")
     return written

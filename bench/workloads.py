@@ -39,7 +39,7 @@ def stream(server: Running, client: httpx.Client, messages: list[dict[str, Any]]
            headers: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
     """One streamed request: time to first content, content arrival times, usage, the text."""
     body = {"model": server.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream_options": {"include_usage": True}, **extra}
+            "stream": True, "stream_options": {"include_usage": True}, **extra}
     start = time.perf_counter()
     stamps: list[float] = []
     usage, text = None, []
@@ -130,7 +130,7 @@ def tool_calls(server: Running, requests: int) -> dict[str, Any]:
     with httpx.Client(timeout=900) as client:
         for i in range(requests):
             body = {"model": server.model, "max_tokens": 80, "temperature": 0, "tools": [WEATHER],
-                    "tool_choice": "required",
+                    "tool_choice": "required", "parallel_tool_calls": False,
                     "messages": [{"role": "user", "content": f"What is the weather in {CITIES[i % len(CITIES)]}?"}]}
             start = time.perf_counter()
             response = client.post(f"{server.base_url}/v1/chat/completions", json=body)
