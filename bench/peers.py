@@ -128,7 +128,9 @@ def start_llama_cpp(logs: Path, threads: int) -> Running:
             [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "default",
              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--n_threads", str(threads),
              "--n_threads_batch", str(threads), "--cache", "true", "--cache_type", "ram",
-             "--cache_size", str(2 << 30)], stdout=out, stderr=subprocess.STDOUT)
+             "--cache_size", str(2 << 30),
+             # by default a new request interrupts the one streaming: concurrent clients would be cut off
+             "--interrupt_requests", "false"], stdout=out, stderr=subprocess.STDOUT)
     _wait(proc, f"http://127.0.0.1:{port}/v1/models", log)
     return Running("llama.cpp", f"http://127.0.0.1:{port}", "default", _stopper(proc),
                    {"logit_bias": {str(t): -100 for t in QWEN_END_TOKENS}},
@@ -150,7 +152,7 @@ def start_transformers(logs: Path) -> Running:
         proc = subprocess.Popen([str(python.parent / "transformers"), "serve", str(folder), "--host", "127.0.0.1",
                                  "--port", str(port), "--device", "cpu"],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    _wait(proc, f"http://127.0.0.1:{port}/v1/models", log)
+    _wait(proc, f"http://127.0.0.1:{port}/health", log)  # its /v1/models lists the hub cache (none here)
     return Running("transformers serve", f"http://127.0.0.1:{port}", str(folder), _stopper(proc),
                    {}, notes="transformers serve, fp32, same weights")
 
