@@ -17,7 +17,7 @@ from app.protocol import ChatCompletionRequest, encode, request_decoder
 from app.routes.health import served_model
 from app.streaming import sse_stream
 from app.validation import resolve_model, validate_request
-from chat import pipeline
+from chat import pipeline, responses
 from chat.pipeline import ServedModel
 from chat.sessions import merge, next_transcript
 from engines.base import EngineError
@@ -76,7 +76,7 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
         plan.on_finish = store
     if plan.stream:
         try:  # admission errors (queue full) still get a real HTTP status
-            chunks = pipeline.stream(plan, served)
+            chunks = responses.stream(plan, served)
         except EngineError as exc:
             raise engine_error(exc) from None
         if lease is not None:
@@ -84,7 +84,7 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
         return Stream(sse_stream(chunks, plan.request_id), media_type="text/event-stream",
                       headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        completion = await pipeline.complete(plan, served)
+        completion = await responses.complete(plan, served)
     except EngineError as exc:
         raise engine_error(exc) from None
     return Response(encode(completion), media_type="application/json", headers=headers)

@@ -1,0 +1,239 @@
+"""The responses of a planned request: engine events -> one ChatCompletion, or a stream of chunks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+
+from app.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    CompletionTokensDetails,
+    Delta,
+    FunctionCall,
+    FunctionCallDelta,
+    PromptTokensDetails,
+    ResponseMessage,
+    TokenLogprobOut,
+    ToolCall,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
+from chat.output import ChoiceDelta, ChoiceStream
+from chat.pipeline import Plan, Reply, ServedModel
+from chat.reasoning import ReasoningSplitter
+from chat.reasoning_calls import generate_with_budget
+from chat.sessions import reply_message
+from engines.base import EngineEvent, TokenLogprob
+from tools.calls import ParsedCall, ToolCallParser
+
+
+class Run:
+    """The state of one request while its events flow: one ChoiceStream per choice."""
+
+    def __init__(self, plan: Plan, served: ServedModel) -> None:
+        self.plan = plan
+        self.served = served
+        stop_ids = plan.engine_request.sampling.stop_token_ids
+        self.choices = [ChoiceStream(i, plan.stops, plan.logprobs, stop_ids) for i in range(plan.engine_request.n)]
+        self.parsers = [plan.tools.parser() for _ in self.choices]
+        syntax = plan.reasoning.syntax if plan.reasoning else None
+        self.splitters = [ReasoningSplitter(syntax.open, syntax.close) if syntax else None for _ in self.choices]
+        self.generated = [0 for _ in self.choices]  # tokens per choice, reasoning included
+        self.first_ids: list[int] = []  # choice 0's tokens, for sessions
+        self.finished = False
+        self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
+        self.prompt_tokens = len(plan.engine_request.prompt_ids)
+        self.cached_tokens = 0
+        engine, req = served.engine, plan.engine_request
+        if req.thinking is not None and not getattr(engine, "thinking_budgets", False):
+            self._stream = generate_with_budget(engine, req)  # raises now if not admitted
+        else:
+            self._stream = engine.generate(req)
+
+    async def events(self) -> AsyncIterator[tuple[ChoiceStream, EngineEvent]]:
+        stream = self._stream
+        try:
+            async for event in stream:
+                self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
+                self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
+                yield self.choices[event.index], event
+                if all(c.finished for c in self.choices):
+                    break
+        finally:
+            await stream.aclose()  # stops the engine's work for a request that ends early
+
+    def process(self, choice: ChoiceStream, event: EngineEvent) -> tuple[str, ChoiceDelta, list[str | ParsedCall]]:
+        """Feed one event to its choice: reasoning is split off first, then the answer goes through stop
+        strings and, with tools, is split into content and calls."""
+        if not choice.finished:  # a choice ended by a stop string ignores what its engine still sends
+            self.generated[choice.index] += len(event.token_ids)
+            if choice.index == 0:
+                self.first_ids.extend(event.token_ids)
+        splitter = self.splitters[choice.index]
+        reasoning = ""
+        if splitter is not None and not choice.finished:
+            reasoning, event = splitter.feed(event)
+            if self.plan.reasoning is not None and self.plan.reasoning.exclude:
+                reasoning = ""
+        delta = choice.feed(event)
+        parser = self.parsers[choice.index]
+        if parser is None:
+            return reasoning, delta, []
+        pieces = parser.feed(delta.text)
+        if parser.repeated and delta.finish_reason is None:
+            delta.finish_reason = choice.end("stop").finish_reason
+        if delta.finish_reason is not None:
+            pieces += parser.finish()
+        self.pieces[choice.index].extend(pieces)
+        return reasoning, delta, pieces
+
+    def answer(self, index: int) -> tuple[str | None, list[ParsedCall]]:
+        """A choice's content and tool calls, as far as they were released."""
+        pieces = self.pieces[index]
+        calls = [p for p in pieces if isinstance(p, ParsedCall)]
+        if self.parsers[index] is None:
+            return self.choices[index].full_text, calls
+        return "".join(p for p in pieces if isinstance(p, str)) or (None if calls else ""), calls
+
+    async def finish(self) -> None:
+        """Hand choice 0's reply to the plan's on_finish, once."""
+        if self.plan.on_finish is None or not self.generated[0] or self.finished:
+            return
+        self.finished = True
+        content, calls = self.answer(0)
+        splitter = self.splitters[0]
+        message = reply_message(content, splitter.text if splitter else None,
+                                [(c.id, c.name, c.arguments) for c in calls])
+        await self.plan.on_finish(Reply(message, [*self.plan.engine_request.prompt_ids, *self.first_ids],
+                                        self.usage()))
+
+    def reasoning_content(self, index: int) -> str | None:
+        splitter = self.splitters[index]
+        if splitter is None or (self.plan.reasoning is not None and self.plan.reasoning.exclude):
+            return None
+        return splitter.text
+
+    def usage(self) -> Usage:
+        completion = sum(self.generated)
+        reasoning = sum(s.reasoning_tokens for s in self.splitters if s is not None)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
+                     total_tokens=self.prompt_tokens + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+                     completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning))
+
+    def confidence_score(self) -> float | None:
+        """100 x the geometric mean of the sampled tokens' probabilities, over all choices."""
+        if not self.plan.confidence:
+            return None
+        values = [lp for c in self.choices for lp in c.all_logprobs]
+        if not values:
+            return None
+        return round(100.0 * math.exp(sum(values) / len(values)), 4)
+
+    def logprobs_out(self, entries: list[TokenLogprob]) -> ChoiceLogprobs | None:
+        if not self.plan.logprobs:
+            return None
+        texts = self.served.token_texts
+        return ChoiceLogprobs(content=[
+            TokenLogprobOut(
+                token=texts.token_str(e.token_id), logprob=e.logprob,
+                bytes=list(texts.token_bytes(e.token_id)),
+                top_logprobs=[TopLogprob(token=texts.token_str(t), logprob=lp,
+                                         bytes=list(texts.token_bytes(t))) for t, lp in e.top])
+            for e in entries])
+
+
+async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
+    run = Run(plan, served)
+    async for choice, event in run.events():
+        run.process(choice, event)
+    await run.finish()
+    choices = []
+    for c in run.choices:
+        content, calls = run.answer(c.index)
+        message = ResponseMessage(role="assistant", content=content,
+                                  reasoning_content=run.reasoning_content(c.index), tool_calls=[
+            ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+            for call in calls] or None)
+        choices.append(Choice(index=c.index, message=message, logprobs=run.logprobs_out(c.logprobs),
+                              finish_reason=_finish_reason(c.finish_reason, calls)))
+    return ChatCompletion(
+        id=plan.request_id, object="chat.completion", created=plan.created, model=plan.model,
+        system_fingerprint=served.fingerprint, choices=choices, usage=run.usage(),
+        confidence_score=run.confidence_score())
+
+
+def _finish_reason(reason: str | None, calls: list[ParsedCall]) -> str | None:
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+def stream(plan: Plan, served: ServedModel) -> AsyncIterator[ChatCompletionChunk]:
+    """Admit the request now (raising EngineError if refused); return its chunks as they come."""
+    return _chunks(Run(plan, served))
+
+
+async def _chunks(run: Run) -> AsyncIterator[ChatCompletionChunk]:
+    plan, served = run.plan, run.served
+
+    def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=plan.request_id, object="chat.completion.chunk", created=plan.created,
+                                   model=plan.model, system_fingerprint=served.fingerprint, choices=choices,
+                                   **extra)
+
+    yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content=""))
+                 for c in run.choices])
+    try:
+        async for chunk_out in _event_chunks(run, chunk):
+            yield chunk_out
+    finally:  # also when the client went away: what was sent is stored, even while being cancelled
+        with anyio.CancelScope(shield=True):
+            await run.finish()
+    if plan.include_usage:
+        yield chunk([], usage=run.usage())
+
+
+async def _event_chunks(run: Run, chunk: Callable[..., ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+    async for choice, event in run.events():
+        reasoning, delta, pieces = run.process(choice, event)
+        if reasoning:
+            yield chunk([ChunkChoice(index=choice.index, delta=Delta(reasoning_content=reasoning))])
+        parser = run.parsers[choice.index]
+        if parser is None:
+            if delta.text or delta.logprobs:
+                yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=delta.text),
+                                         logprobs=run.logprobs_out(delta.logprobs))])
+        else:
+            logprobs = run.logprobs_out(delta.logprobs) if delta.logprobs else None
+            for piece in pieces or ([""] if logprobs else []):
+                yield chunk([_piece_choice(choice.index, piece, parser, logprobs)])
+                logprobs = None
+            for piece in pieces:
+                if isinstance(piece, ParsedCall):  # the arguments follow the call's opening delta
+                    yield chunk([ChunkChoice(index=choice.index, delta=Delta(tool_calls=[ToolCallDelta(
+                        index=parser.calls.index(piece), function=FunctionCallDelta(arguments=piece.arguments))]))])
+        if delta.finish_reason is not None:
+            last = all(c.finished for c in run.choices)
+            extra = {"usage": run.usage(), "confidence_score": run.confidence_score()} if last else {}
+            if last:  # stored before the client sees the end, so a reply it got is never missing
+                await run.finish()
+            calls = parser.calls if parser is not None else []
+            yield chunk([ChunkChoice(index=choice.index, delta=Delta(),
+                                     finish_reason=_finish_reason(delta.finish_reason, calls))], **extra)
+
+
+def _piece_choice(index: int, piece: str | ParsedCall, parser: ToolCallParser,
+                  logprobs: ChoiceLogprobs | None) -> ChunkChoice:
+    if isinstance(piece, str):
+        return ChunkChoice(index=index, delta=Delta(content=piece), logprobs=logprobs)
+    # A call's first delta: index, id, type and name, with empty arguments (OpenAI's shape).
+    return ChunkChoice(index=index, logprobs=logprobs, delta=Delta(tool_calls=[ToolCallDelta(
+        index=parser.calls.index(piece), id=piece.id, type="function",
+        function=FunctionCallDelta(name=piece.name, arguments=""))]))
