@@ -75,8 +75,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     except (KeyError, ZeroDivisionError):
         row("decode tokens/s, Lodestar / llama.cpp", None, ">= 0.7", None)
     http = results.get("http_overhead", {})
-    p50 = http.get("p50_ms")
-    row("HTTP layer per request, p50 ms", p50, "< 2", p50 < 2 if p50 is not None else None)
+    p50 = http.get("server_p50_ms")  # measured inside the server: the client's own time is not Lodestar's
+    row("HTTP layer per request (measured in the server), p50 ms", p50, "< 2", p50 < 2 if p50 is not None else None)
     return rows
 
 

@@ -1,14 +1,17 @@
 """Lodestar's real HTTP stack and chat pipeline in front of an engine that costs nothing.
 
 Used by bench/serving.py to measure what the HTTP layer adds: real tokenizer and chat template, real
-validation, SSE framing and uvicorn; the engine returns its tokens at once.
+validation, SSE framing and uvicorn; the engine returns its tokens at once. The app's own time per request
+is also measured inside the server (ServerTimes), without the client's share.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 
@@ -50,6 +53,33 @@ class NullEngine:
         return None
 
 
+class ServerTimes:
+    """ASGI wrapper: how long the app takes per chat request, from the call (request head parsed) to the
+    last body byte handed to uvicorn. GET /bench/server-times returns them (ms) and starts over."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.times: list[float] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] == "/bench/server-times":
+            body = json.dumps(self.times).encode()
+            self.times = []
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            return await send({"type": "http.response.body", "body": body})
+        start = time.perf_counter()
+
+        async def timed_send(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.times.append(1000 * (time.perf_counter() - start))
+
+        await self.app(scope, receive, timed_send)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -68,7 +98,7 @@ def main() -> None:
                      created=int(time.time()))
     served = ServedModel(engine=NullEngine(info, token_id, tokenizer.decode([token_id])), renderer=renderer,
                          fingerprint="fp_null")
-    app = create_app(settings, served)
+    app = ServerTimes(create_app(settings, served))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

@@ -109,10 +109,12 @@ def http_overhead(requests: int, chunk_tokens: int) -> dict:
         with httpx.Client(timeout=60) as client:
             for _ in range(20):  # warm-up
                 client.post(f"{base}/v1/chat/completions", json=body)
+            client.get(f"{base}/bench/server-times")  # forget the warm-up
             for _ in range(requests):
                 start = time.perf_counter()
                 client.post(f"{base}/v1/chat/completions", json=body).raise_for_status()
                 latencies.append(time.perf_counter() - start)
+            inside = sorted(client.get(f"{base}/bench/server-times").json())
             per_chunk = []
             for _ in range(20):
                 r = stream_request(base, {**body, "max_tokens": chunk_tokens}, client)
@@ -121,6 +123,8 @@ def http_overhead(requests: int, chunk_tokens: int) -> dict:
         return {"requests": requests, "p50_ms": 1000 * statistics.median(latencies),
                 "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
                 "requests_per_s": len(latencies) / sum(latencies),
+                # measured in the server: the app's time per request, without the client's and the socket's
+                "server_p50_ms": statistics.median(inside), "server_p99_ms": inside[int(0.99 * (len(inside) - 1))],
                 "per_streamed_chunk_ms": 1000 * statistics.median(per_chunk)}
     finally:
         proc.terminate()
