@@ -33,7 +33,6 @@ class Launcher:
                         # Lodestar's tool and response_format grammars are llguidance's Lark dialect.
                         "--grammar-backend", "llguidance", *extra_args]
         self.env = env
-        self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -56,10 +55,6 @@ class Launcher:
             time.sleep(1.0)
         raise RuntimeError(f"the launched SGLang server did not become healthy within {timeout_s:.0f} s "
                            "(see its log lines above)")
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def stop(self, grace_s: float = 30.0) -> None:
         self._stopping.set()
@@ -97,7 +92,6 @@ class Launcher:
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            self.restarts += 1
             self._spawn()
 
 

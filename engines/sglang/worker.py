@@ -35,7 +35,6 @@ class Worker:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
         self.in_flight = 0
         self.down_until = 0.0  # monotonic time before which the worker is out of rotation
-        self.last_error = ""
 
     @property
     def up(self) -> bool:
@@ -45,13 +44,11 @@ class Worker:
         if self.up:
             log.warning("SGLang worker %s out of rotation for %.0f s: %s", self.url, self.retry_s, reason)
         self.down_until = time.monotonic() + self.retry_s
-        self.last_error = reason
 
     def mark_up(self) -> None:
         if not self.up:
             log.info("SGLang worker %s back in rotation", self.url)
         self.down_until = 0.0
-        self.last_error = ""
 
     async def generate(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncIterator[bytes]:
         """The `data:` payloads of a streamed `/generate` call, without the closing [DONE]."""

@@ -67,7 +67,6 @@ class StandIn:
     requests: list[Any] = field(default_factory=list)  # decoded GenerateRequests, in arrival order
     headers: list[dict[str, str]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
-    health_checks: int = 0
 
     # -- ASGI --------------------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -84,7 +83,6 @@ class StandIn:
             if not message.get("more_body"):
                 break
         if method == "GET" and path in ("/health", "/health_generate"):
-            self.health_checks += 1
             return await _json(send, 200, {})
         if method == "GET" and path in ("/model_info", "/get_model_info"):
             info = API.GetModelInfoResponse(model_path=self.name, served_model_name="standin-model",
