@@ -24,8 +24,9 @@ def build_served_model(settings: Settings) -> ServedModel:
         return build_sglang_model(settings)
     from engines.embedded.engine import EmbeddedEngine
     from engines.embedded.loader import load_model
-    from engines.embedded.scheduler import SchedulerConfig
+    from engines.embedded.scheduler import SchedulerConfig, use_one_torch_thread
 
+    use_one_torch_thread()  # only the scheduler's thread computes in parallel
     loaded = load_model(settings.model, settings.data_path(), quantize=settings.quantize)
     family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
     renderer = PromptRenderer(loaded.tokenizer, family, vision=loaded.vision)

@@ -31,7 +31,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engine: Literal["embedded", "sglang"] = "embedded"  # sglang: SGLang workers on GPUs (docs/deployment.md)
     data_dir: str = "~/.local/share/lodestar"  # converted weights and other state
     quantize: Literal["int8", "none"] = "int8"  # int8 dynamic quantization of Linear layers
-    threads: int = 0  # torch threads for the engine; 0 = all cores
+    threads: int = 0  # torch threads for the engine's scheduler thread; 0 = one per core
     context_length: int | None = None  # cap below the model's own context length
     max_batch_size: int = 8  # sequences decoded together
     prefill_chunk: int = 256  # prompt tokens per prefill step between decode steps

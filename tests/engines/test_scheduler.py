@@ -355,3 +355,33 @@ def test_close_ends_in_flight_requests_and_refuses_new_ones(fp32: LoadedModel, c
         assert engine.stats()["requests"] == 0
 
     asyncio.run(asyncio.wait_for(body(), TIMEOUT))
+
+
+
+def test_only_the_scheduler_thread_computes_in_parallel(fp32: LoadedModel) -> None:
+    """One OpenMP pool in the process: the scheduler thread gets its threads, threads that start using torch
+    afterwards get one (several pools on few cores make libgomp sleep between ops: a slower decode)."""
+    seen: dict[str, int] = {}
+
+    async def main() -> None:
+        engine = EmbeddedEngine(fp32, family="chatml", config=SchedulerConfig(threads=2))
+        try:
+            loop = asyncio.get_running_loop()
+            done = asyncio.Event()
+
+            def in_scheduler() -> None:
+                seen["scheduler"] = torch.get_num_threads()
+                loop.call_soon_threadsafe(done.set)
+
+            engine._scheduler.call_soon(in_scheduler)  # runs within the idle loop's 0.5 s wait
+            await asyncio.wait_for(done.wait(), TIMEOUT)
+            seen["later"] = await asyncio.to_thread(torch.get_num_threads)
+        finally:
+            await engine.close()
+
+    before = torch.get_num_threads()
+    try:
+        asyncio.run(main())
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"scheduler": 2, "later": 1}
