@@ -1,6 +1,7 @@
 """Lodestar side by side with the servers users would pick instead, on the same weights and workloads.
 
     .venv/bin/python -m bench.compare [--quick] [--peers llama.cpp,transformers] [--out bench/results/compare]
+                                      [--budget 900]
 
 One run: each server is started in turn (never two at once: the machine has 2 cores), driven over HTTP by
 the same client code (bench/workloads.py), and stopped. Writes results.json and PNG plots into --out and
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ from bench.serving import http_overhead
 from tests.conftest import ROOT
 
 
-def measure(server: Running, quick: bool) -> dict[str, Any]:
+def measure(server: Running, quick: bool, budget_s: float) -> dict[str, Any]:
+    """Run the workloads in order. One that exceeds `budget_s` stops the server (its clients then fail and
+    return), is recorded as over budget, and the workloads after it are not run."""
     result: dict[str, Any] = {"notes": server.notes}
     steps = [
         ("single_stream", lambda: workloads.single_stream(
@@ -37,12 +41,29 @@ def measure(server: Running, quick: bool) -> dict[str, Any]:
             server, conversations=2 if quick else 4, turns=3 if quick else 10, reply_tokens=16 if quick else 24)),
         ("tool_calls", lambda: workloads.tool_calls(server, requests=5 if quick else 50)),
     ]
+    stopped = False
     for name, step in steps:
+        if stopped:
+            result[name] = {"error": "not run: the server was stopped when an earlier workload ran over budget"}
+            continue
         started = time.perf_counter()
-        try:
-            result[name] = step()
-        except Exception as exc:  # a peer that cannot do a workload is reported, not fatal
-            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        outcome: dict[str, Any] = {}
+
+        def run(step: Any = step, outcome: dict[str, Any] = outcome) -> None:
+            try:
+                outcome["value"] = step()
+            except Exception as exc:  # a peer that cannot do a workload is reported, not fatal
+                outcome["value"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(budget_s)
+        if worker.is_alive():
+            server.stop()  # its streams end, so the worker's client returns
+            worker.join(60)
+            stopped = True
+            outcome["value"] = {"error": f"over budget: not finished after {budget_s:.0f} s; server stopped"}
+        result[name] = outcome["value"]
         print(f"  {server.name} {name} ({time.perf_counter() - started:.0f} s): {json.dumps(result[name])}",
               flush=True)
     return result
@@ -85,6 +106,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts: under 5 minutes once peers are built")
     parser.add_argument("--peers", default="llama.cpp,transformers", help="comma-separated; empty for none")
     parser.add_argument("--out", default=str(ROOT / "bench/results/compare"))
+    parser.add_argument("--budget", type=float, default=900.0,
+                        help="seconds one workload may take on one server before that server is stopped")
     args = parser.parse_args()
     out = Path(args.out)
     logs = out / "logs"
@@ -106,7 +129,7 @@ def main() -> None:
             print(f"  {name} did not run: {server[:300]}", flush=True)
             continue
         try:
-            results["servers"][server.name] = measure(server, args.quick)
+            results["servers"][server.name] = measure(server, args.quick, args.budget)
         finally:
             server.stop()
     results["http_overhead"] = http_overhead(100 if args.quick else 500, 64)
