@@ -32,6 +32,11 @@ class KeyStore:
         return found
 
 
+def key_hint(key: str) -> str:
+    """How a key is shown to admins: enough to tell keys apart, not enough to use one."""
+    return f"{key[:3]}...{key[-4:]}" if len(key) >= 12 else "..." + key[-2:]
+
+
 def bearer_token(header: str | None) -> str | None:
     if not header:
         return None
@@ -40,15 +45,23 @@ def bearer_token(header: str | None) -> str | None:
 
 
 def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Litestar guard on every route not marked public."""
+    """Litestar guard on every route: none for routes marked public, an admin key for routes marked admin
+    (which answer 403 while no admin key is configured), an API key for the rest when keys are configured."""
     if handler.opt.get("public"):
         return
-    store: KeyStore = connection.app.state.key_store
+    admin = bool(handler.opt.get("admin"))
+    store: KeyStore = connection.app.state.admin_key_store if admin else connection.app.state.key_store
     if not store.enabled:
+        if admin:
+            raise APIError(403, "Admin routes are disabled: no admin keys are configured (admin_keys).",
+                           code="admin_disabled")
         return
     token = bearer_token(connection.headers.get("authorization"))
     if token is None:
         raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
                        code="missing_api_key")
     if not store.check(token):
+        if admin and connection.app.state.key_store.check(token):
+            raise APIError(403, "This route needs an admin key; an API key is not enough.",
+                           code="admin_key_required")
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")

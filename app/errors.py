@@ -49,19 +49,26 @@ def invalid(message: str, param: str | None = None, code: str | None = "invalid_
     return APIError(400, message, param=param, code=code)
 
 
-_PATH = re.compile(r" - at `\$\.?(.*)`$")
+_PATH_MARK = " - at `$"
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 
 
 _BAD_TAG = re.compile(r"Invalid value '(.*)'$")
 
 
+def _split_path(text: str) -> tuple[str, str | None]:
+    """msgspec's message and the path it ends with (" - at `$.messages[0].role`"), without a regex: the
+    text may carry the client's own strings, and a search with a greedy group would be quadratic in them."""
+    at = text.find(_PATH_MARK)
+    if at < 0 or not text.endswith("`"):
+        return text, None
+    path = text[at + len(_PATH_MARK) : -1]
+    return text[:at], path.removeprefix(".") or None
+
+
 def from_decode_error(exc: msgspec.DecodeError) -> APIError:
     """Turn msgspec's message ("Expected `int`, got `str` - at `$.n`") into a 400 naming the param."""
-    text = str(exc)
-    match = _PATH.search(text)
-    param = match.group(1) or None if match else None
-    message = _PATH.sub("", text)
+    message, param = _split_path(str(exc))
     if isinstance(exc, msgspec.ValidationError):
         missing = _MISSING.match(message)
         if missing:  # msgspec's path stops at the object; the param is the missing field itself

@@ -16,6 +16,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import KeyStore, require_api_key
 from app.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from app.limits import KeyLimiter
+from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
 from app.settings import Settings
 from chat.pipeline import ServedModel
@@ -96,9 +98,14 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
                 await served.engine.close()
             state.sessions.store.close()
 
-    state = State({"settings": settings, "key_store": KeyStore(settings.api_keys), "served": None,
-                   "load_error": None, "sessions": session_manager(settings)})
+    state = State({"settings": settings, "key_store": KeyStore(settings.api_keys),
+                   "admin_key_store": KeyStore(settings.admin_keys), "served": None, "load_error": None,
+                   "sessions": session_manager(settings),
+                   "limits": KeyLimiter(max_concurrent=settings.max_concurrent_per_key,
+                                        requests_per_minute=settings.requests_per_minute,
+                                        tokens_per_minute=settings.tokens_per_minute)})
     state.sessions.on_forget = forget_in_engine(state)
+    state.metrics = Metrics(state)
     return Litestar(
         route_handlers=ROUTES,
         guards=[require_api_key],
@@ -107,7 +114,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, metrics_middleware],
         lifespan=[lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,

@@ -26,6 +26,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: int = 8000
     api_keys: tuple[str, ...] = ()  # Bearer keys; none = open server (loopback only)
     allow_unauthenticated: bool = False  # allow binding a non-loopback address without keys
+    admin_keys: tuple[str, ...] = ()  # Bearer keys for /v1/admin/*; none = the admin routes answer 403
+    # Per API key (without api_keys: for all clients together); 0 turns a limit off
+    max_concurrent_per_key: int = 64  # requests in flight
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0  # prompt + completion tokens of finished requests
     # Model and engine
     model: str = "default"  # catalog id or alias, .gguf file, or Hugging Face folder
     engine: Literal["embedded", "sglang"] = "embedded"  # sglang: SGLang workers on GPUs (docs/deployment.md)
@@ -54,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Request limits
     max_body_bytes: int = 32 * MiB  # larger bodies get 413
     max_messages: int = 2048
+    max_content_parts: int = 256  # parts of one message's content array
+    max_message_chars: int = 1_048_576  # characters of one message's text (all its text parts)
     max_n: int = 8
     max_stop: int = 4
     max_top_logprobs: int = 20
@@ -105,7 +112,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def check(self) -> None:
         """Refuse settings that are contradictory or unsafe."""
-        positive = ("port", "max_batch_size", "prefill_chunk", "max_body_bytes", "max_messages", "max_n",
+        positive = ("port", "max_batch_size", "prefill_chunk", "max_body_bytes", "max_messages", "max_content_parts",
+                    "max_message_chars", "max_n",
                     "max_stop", "max_queue", "image_pixels_low", "image_pixels_auto", "image_pixels_high",
                     "image_max_source_pixels", "image_max_bytes", "image_connect_timeout_s",
                     "image_fetch_timeout_s", "max_tools", "max_schema_bytes", "max_schema_depth")
@@ -124,7 +132,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SettingsError("sglang_health_interval_s must be >= 0 (0 = no probes)")
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
-        for key in ("max_images", "image_max_redirects", "image_cache_entries", "vision_cache_entries",
+        for key in ("max_concurrent_per_key", "requests_per_minute", "tokens_per_minute", "max_images",
+                    "image_max_redirects", "image_cache_entries", "vision_cache_entries",
                     "grammar_cache_entries", "prefix_cache_bytes"):
             if getattr(self, key) < 0:
                 raise SettingsError(f"{key} must be >= 0")
@@ -146,6 +155,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SettingsError(
                 f"refusing to serve {self.host} without API keys: set api_keys (--api-key) "
                 "or pass --allow-unauthenticated")
+        if set(self.admin_keys) & set(self.api_keys):
+            raise SettingsError("an admin key must not also be an API key")
 
 
 class SettingsError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from app.errors import APIError, invalid
-from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, ToolMessage, UserMessage
+from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, TextPart, ToolMessage, UserMessage
 from app.settings import Settings
 from engines.base import ModelInfo
 
@@ -28,6 +28,21 @@ def _range(value: float | int | None, name: str, low: float, high: float, *, low
         raise invalid(f"'{name}' must be in {bracket}{low:g}, {high:g}], got {value}", name)
 
 
+def _check_size(content: object, i: int, settings: Settings) -> None:
+    if isinstance(content, list) and len(content) > settings.max_content_parts:
+        raise invalid(f"'messages[{i}].content' has {len(content)} parts; the limit is "
+                      f"{settings.max_content_parts}", f"messages[{i}].content", "too_many_content_parts")
+    if isinstance(content, str):
+        chars = len(content)
+    elif isinstance(content, list):
+        chars = sum(len(part.text) for part in content if isinstance(part, TextPart))
+    else:
+        return
+    if chars > settings.max_message_chars:
+        raise invalid(f"'messages[{i}].content' has {chars} characters of text; the limit is "
+                      f"{settings.max_message_chars}", f"messages[{i}].content", "message_too_long")
+
+
 def validate_request(req: ChatCompletionRequest, settings: Settings, info: ModelInfo) -> None:
     if not req.messages:
         raise invalid("'messages' must contain at least one message", "messages", "empty_array")
@@ -40,6 +55,7 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
         if name is not None and not _NAME.fullmatch(name):
             raise invalid(f"'messages[{i}].name' must match ^[a-zA-Z0-9_]{{1,64}}$", f"messages[{i}].name")
         content = message.content
+        _check_size(content, i, settings)
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if not isinstance(part, ImagePart):

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import APIError
 from app.protocol import (
@@ -60,6 +60,15 @@ class Plan:
     reasoning: ReasoningMode | None = None  # set when the output starts inside a reasoning section
     # Called once the response is complete or the stream ends (sessions store the turn here).
     on_finish: Callable[[Reply], Awaitable[None]] | None = None
+    observers: list[RunObserver] = field(default_factory=list)  # token timings and final usage (metrics, limits)
+
+
+class RunObserver(Protocol):
+    def token_latency(self, seconds: float, *, first: bool) -> None:
+        """Time to the first token (first=True), then each gap between the engine's token events."""
+
+    def finished(self, usage: Usage) -> None:
+        """Once per request, also when it failed or the client went away: what it consumed."""
 
 
 @dataclass(slots=True)

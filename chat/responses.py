@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ class Run:
         self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
+        self.started = time.perf_counter()
         engine, req = served.engine, plan.engine_request
         if req.thinking is not None and not getattr(engine, "thinking_budgets", False):
             self._stream = generate_with_budget(engine, req)  # raises now if not admitted
@@ -59,16 +61,24 @@ class Run:
             self._stream = engine.generate(req)
 
     async def events(self) -> AsyncIterator[tuple[ChoiceStream, EngineEvent]]:
-        stream = self._stream
+        stream, observers = self._stream, self.plan.observers
+        last = None
         try:
             async for event in stream:
                 self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
                 self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
+                if observers and event.token_ids:
+                    now = time.perf_counter()
+                    for observer in observers:
+                        observer.token_latency(now - (self.started if last is None else last), first=last is None)
+                    last = now
                 yield self.choices[event.index], event
                 if all(c.finished for c in self.choices):
                     break
         finally:
             await stream.aclose()  # stops the engine's work for a request that ends early
+            for observer in observers:
+                observer.finished(self.usage())
 
     def process(self, choice: ChoiceStream, event: EngineEvent) -> tuple[str, ChoiceDelta, list[str | ParsedCall]]:
         """Feed one event to its choice: reasoning is split off first, then the answer goes through stop

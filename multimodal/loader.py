@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image
@@ -36,9 +36,17 @@ class ImageLoader:
         self._cache: OrderedDict[str, LoadedImage] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[LoadedImage]] = {}
         self._hits = self._misses = self._shared = 0
+        self.failures: Counter[str] = Counter()  # ImageError codes (metrics)
 
     async def load(self, url: str, pixel_budget: int) -> LoadedImage:
         """The image at `url` (data:, https:, http: or file:), downscaled to pixel_budget; raises ImageError."""
+        try:
+            return await self._load(url, pixel_budget)
+        except ImageError as exc:
+            self.failures[exc.code] += 1
+            raise
+
+    async def _load(self, url: str, pixel_budget: int) -> LoadedImage:
         data = await self._bytes(url)
         key = f"{hashlib.sha256(data).hexdigest()}:{pixel_budget}"
         cached = self._cache.get(key)

@@ -13,6 +13,7 @@ from litestar.response import Stream
 
 from app.auth import bearer_token
 from app.errors import APIError, from_decode_error
+from app.limits import Permit
 from app.protocol import ChatCompletionRequest, encode, request_decoder
 from app.routes.health import served_model
 from app.streaming import sse_stream
@@ -43,26 +44,36 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
     served = served_model(state)
     model_id = resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
+    bearer = bearer_token(request.headers.get("authorization"))
     session_id = request.headers.get(HEADER)
-    if session_id is None:
-        return await _respond(req, state, served, model_id, None)
-    check_session_id(session_id)
-    lease = await state.sessions.acquire(owner_of(bearer_token(request.headers.get("authorization"))),
-                                         session_id)
+    if session_id is not None:
+        check_session_id(session_id)
+    # Without configured keys every client is one anonymous key (see app/limits.py).
+    permit = state.limits.admit(owner_of(bearer if state.key_store.enabled else None))
+    lease = None
     try:
-        response = await _respond(req, state, served, model_id, lease)
+        if session_id is not None:
+            lease = await state.sessions.acquire(owner_of(bearer), session_id)
+        response = await _respond(req, state, served, model_id, lease, permit)
     except BaseException:
-        lease.release()
+        _release(permit, lease)
         raise
     if not isinstance(response, Stream):
-        lease.release()
+        _release(permit, lease)
     return response
 
 
+def _release(permit: Permit, lease: Lease | None) -> None:
+    permit.release()
+    if lease is not None:
+        lease.release()
+
+
 async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
-                   lease: Lease | None) -> Response[bytes] | Stream:
+                   lease: Lease | None, permit: Permit) -> Response[bytes] | Stream:
     turn = merge(lease.transcript, req.messages) if lease is not None else None
     plan = await pipeline.plan_request(req, state.settings, served, model_id, session=turn)
+    plan.observers = [state.metrics.observer(), permit]
     headers = {"X-Request-ID": plan.request_id}
     if lease is not None and turn is not None:
         headers[HEADER] = lease.session_id
@@ -79,9 +90,8 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
             chunks = responses.stream(plan, served)
         except EngineError as exc:
             raise engine_error(exc) from None
-        if lease is not None:
-            chunks = _releasing(chunks, lease)
-        return Stream(sse_stream(chunks, plan.request_id), media_type="text/event-stream",
+        return Stream(sse_stream(_releasing(chunks, permit, lease), plan.request_id),
+                      media_type="text/event-stream",
                       headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         completion = await responses.complete(plan, served)
@@ -90,12 +100,12 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     return Response(encode(completion), media_type="application/json", headers=headers)
 
 
-async def _releasing(chunks: AsyncIterator[Any], lease: Lease) -> AsyncIterator[Any]:
-    """The stream's chunks; the session is free for its next request once the stream has ended."""
+async def _releasing(chunks: AsyncIterator[Any], permit: Permit, lease: Lease | None) -> AsyncIterator[Any]:
+    """The stream's chunks; the key's slot and the session are free once the stream has ended."""
     try:
         async for chunk in chunks:
             yield chunk
-    finally:  # a client that went away cancels the stream: close it shielded, then free the session
+    finally:  # a client that went away cancels the stream: close it shielded, then release
         with anyio.CancelScope(shield=True):
             await chunks.aclose()  # type: ignore[attr-defined]
-        lease.release()
+        _release(permit, lease)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -32,6 +33,7 @@ class GrammarCompiler:
         self._lock = threading.Lock()
         self.compiled = 0
         self.reused = 0
+        self.compile_ms = 0.0  # total time spent compiling (cache misses)
 
     def compile(self, constraint: Constraint) -> llguidance.LLMatcher:
         """The compiled grammar for a constraint, from the cache or built now (blocking; drops the GIL)."""
@@ -41,11 +43,14 @@ class GrammarCompiler:
                 self._cache.move_to_end(constraint.key)
                 self.reused += 1
                 return template
+        started = time.perf_counter()
         template = llguidance.LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
+        elapsed_ms = (time.perf_counter() - started) * 1000
         if template.is_error():
             raise ValueError(f"the grammar cannot be used: {template.get_error()}")
         with self._lock:
             self.compiled += 1
+            self.compile_ms += elapsed_ms
             self._cache[constraint.key] = template
             while len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)
@@ -56,7 +61,8 @@ class GrammarCompiler:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"grammars_compiled": self.compiled, "grammars_reused": self.reused}
+            return {"grammars_compiled": self.compiled, "grammars_reused": self.reused,
+                    "grammar_compile_ms": round(self.compile_ms)}
 
 
 class GrammarState:

@@ -184,3 +184,33 @@ def test_disconnect_stops_generation(small_server):
             break
         time.sleep(0.05)
     assert {k: stats[k] for k in ("running", "waiting", "requests")} == {"running": 0, "waiting": 0, "requests": 0}
+
+
+def _metrics(server) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_follow_real_requests(client, small_server):
+    """The openai SDK's requests show up in /metrics: counts, first-token timings, tokens as usage says."""
+    before = _metrics(small_server)
+    stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    usage = [chunk.usage for chunk in stream if chunk.usage][0]
+    after = _metrics(small_server)
+
+    def delta(name: str, *labels: tuple[str, str]) -> float:
+        key = (name, tuple(sorted(labels)))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    ok = (("route", "/v1/chat/completions"), ("method", "POST"), ("status", "200"))
+    assert delta("lodestar_requests_total", *ok) == 1
+    assert delta("lodestar_time_to_first_token_seconds_count") == 1
+    assert delta("lodestar_inter_token_latency_seconds_count") == usage.completion_tokens - 1
+    assert delta("lodestar_tokens_total", ("kind", "completion")) == usage.completion_tokens
+    assert delta("lodestar_tokens_total", ("kind", "prompt")) == usage.prompt_tokens
+    assert after[("lodestar_model_loaded", ())] == 1
+    assert after[("lodestar_engine_running", ())] == 0

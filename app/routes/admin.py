@@ -1,0 +1,24 @@
+"""GET /v1/admin/usage: what each API key consumed since the server started (needs an admin key)."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+
+from app.auth import key_hint
+from app.protocol import encode
+from sessions.manager import owner_of
+
+
+@get("/v1/admin/usage", opt={"admin": True})
+async def key_usage(state: State) -> Response[bytes]:
+    hints = {owner_of(key): key_hint(key) for key in state.settings.api_keys}
+    hints[owner_of(None)] = "anonymous"  # the one key of a server without api_keys
+    data = []
+    for owner, usage in sorted(state.limits.usage().items()):
+        data.append({"object": "key_usage", "key_id": owner, "key": hints.get(owner, "unknown"),
+                     "requests": usage.requests, "prompt_tokens": usage.prompt_tokens,
+                     "completion_tokens": usage.completion_tokens,
+                     "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                     "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens})
+    return Response(encode({"object": "list", "data": data}), media_type="application/json")

@@ -1,0 +1,50 @@
+"""GET /metrics with a fake engine: request counts by route and status, token timings, tokens, engine figures."""
+
+from __future__ import annotations
+
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.app.test_api_fake_engine import CHAT, SCRIPT_TOKENS, body, make_app
+
+
+def scrape(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def test_metrics_count_requests_tokens_and_timings() -> None:
+    with TestClient(make_app()) as c:
+        plain = c.post(CHAT, json=body()).json()
+        streamed = c.post(CHAT, json=body(stream=True, stream_options={"include_usage": True}))
+        assert streamed.status_code == 200 and "[DONE]" in streamed.text
+        assert c.post(CHAT, json=body(temperature=9)).status_code == 400
+        c.get("/v1/sessions/abc")  # 404 from a routed handler: counted under its template, not its id
+        m = scrape(c)
+
+    def requests(status: str) -> float:
+        return m[("lodestar_requests_total", (("method", "POST"), ("route", CHAT), ("status", status)))]
+
+    assert requests("200") == 2 and requests("400") == 1
+    session_routes = [k for k in m if k[0] == "lodestar_requests_total" and "/v1/sessions/" in dict(k[1])["route"]]
+    assert session_routes and all("abc" not in dict(k[1])["route"] for k in session_routes)
+    # two generations: two first tokens, and a gap for every further token event
+    assert m[("lodestar_time_to_first_token_seconds_count", ())] == 2
+    assert m[("lodestar_inter_token_latency_seconds_count", ())] == 2 * (SCRIPT_TOKENS - 1)
+    usage = plain["usage"]
+    assert m[("lodestar_tokens_total", (("kind", "prompt"),))] == 2 * usage["prompt_tokens"]
+    assert m[("lodestar_tokens_total", (("kind", "completion"),))] == 2 * usage["completion_tokens"]
+    assert m[("lodestar_tokens_total", (("kind", "cached"),))] == 0
+    # the engine's own figures, read at scrape time
+    assert m[("lodestar_model_loaded", ())] == 1
+    assert m[("lodestar_engine_requests", ())] == 2  # a gauge: the fake engine counts the requests it saw
+    assert ("lodestar_engine_waiting", ()) in m and ("lodestar_engine_running", ()) in m
+
+
+def test_metrics_need_the_key_when_keys_are_configured() -> None:
+    with TestClient(make_app(api_keys=("sk-1",))) as c:
+        assert c.get("/metrics").status_code == 401
+        r = c.get("/metrics", headers={"Authorization": "Bearer sk-1"})
+        assert r.status_code == 200 and "lodestar_requests_total" in r.text
