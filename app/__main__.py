@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(settings, lambda: build_served_model(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
     return 0
 
 
