@@ -36,7 +36,8 @@ def measure(server: Running, quick: bool, budget_s: float) -> dict[str, Any]:
             server, repeats=2 if quick else 3, new_tokens=32 if quick else 128,
             prompt_sizes=(50, 200) if quick else (50, 200, 800))),
         ("concurrency", lambda: workloads.concurrency(
-            server, levels=(1, 4) if quick else (1, 2, 4, 8), new_tokens=24 if quick else 64)),
+            server, levels=(1, 4) if quick else (1, 2, 4, 8), new_tokens=24 if quick else 64,
+            repeats=1 if quick else 3)),
         ("multi_turn", lambda: workloads.multi_turn(
             server, conversations=2 if quick else 4, turns=3 if quick else 10, reply_tokens=16 if quick else 24)),
         ("tool_calls", lambda: workloads.tool_calls(server, requests=5 if quick else 50)),
