@@ -112,6 +112,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--out", default=str(ROOT / "bench/results/load.json"))
+    parser.add_argument("--prefix-cache-mib", type=int, default=256, help="the server's prefix-cache budget")
     args = parser.parse_args()
     from fixtures.models.tiny_qwen2_5_vl import DEFAULT_OUT, build, default_tokenizer_folder
 
@@ -119,7 +120,8 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     server = start_server(out.parent, "--model", str(model), "--max-queue", "64",
-                          "--queue-timeout-s", str(QUEUE_TIMEOUT_S), "--prefix-cache-bytes", str(256 << 20))
+                          "--queue-timeout-s", str(QUEUE_TIMEOUT_S),
+                          "--prefix-cache-bytes", str(args.prefix_cache_mib << 20))
     try:
         base = server.base_url
         model_id = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
@@ -129,12 +131,16 @@ def main() -> int:
                    for i, t in enumerate(tallies)]
         for thread in threads:
             thread.start()
-        samples: list[tuple[float, float]] = []  # (seconds since the warm-up ended, RSS MiB)
+        # (seconds since the warm-up ended, RSS MiB, prefix-cache MiB): the cache is bounded and fills up
+        # over a run; telling its growth apart from the rest shows whether anything else grows.
+        samples: list[tuple[float, float, float]] = []
         measure_from = time.monotonic() + args.warmup
         while time.monotonic() < deadline:
             now = time.monotonic()
             if now >= measure_from:
-                samples.append((now - measure_from, rss_mib(server.proc.pid)))
+                engine = httpx.get(f"{base}/ready", timeout=30).json()["engine"]
+                samples.append((now - measure_from, rss_mib(server.proc.pid),
+                                engine.get("prefix_cache_bytes", 0) / (1 << 20)))
             time.sleep(1.0)
         for thread in threads:
             thread.join(180)
@@ -154,9 +160,13 @@ def main() -> int:
             statuses[str(status)] = statuses.get(str(status), 0) + count
     ttfts = sorted(t for tally in tallies for t in tally.ttfts)
     p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else float("inf")
-    first = [rss for t, rss in samples if t < 10]
-    last = [rss for t, rss in samples if t >= samples[-1][0] - 10] if samples else []
-    growth = (statistics.mean(last) / statistics.mean(first) - 1) if first and last else float("inf")
+    first = [s for s in samples if s[0] < 10]
+    last = [s for s in samples if s[0] >= samples[-1][0] - 10] if samples else []
+
+    def mean(rows: list[tuple[float, float, float]], column: int) -> float:
+        return statistics.mean(row[column] for row in rows)
+
+    growth = (mean(last, 1) / mean(first, 1) - 1) if first and last else float("inf")
     errors = [e for tally in tallies for e in tally.errors]
     checks = {
         "no 5xx": not any(int(s) >= 500 for s in statuses),
@@ -170,8 +180,10 @@ def main() -> int:
         "clients": args.clients, "seconds": args.seconds, "warmup_s": args.warmup,
         "turns": sum(t.turns for t in tallies), "statuses": statuses, "errors": errors[:10], "lost": lost,
         "ttft_p50_s": statistics.median(ttfts) if ttfts else None, "ttft_p99_s": p99,
-        "rss_first_10s_mib": statistics.mean(first) if first else None,
-        "rss_last_10s_mib": statistics.mean(last) if last else None, "rss_growth": growth,
+        "rss_first_10s_mib": mean(first, 1) if first else None,
+        "rss_last_10s_mib": mean(last, 1) if last else None, "rss_growth": growth,
+        "prefix_cache_first_10s_mib": mean(first, 2) if first else None,
+        "prefix_cache_last_10s_mib": mean(last, 2) if last else None,
         "checks": checks, "passed": all(checks.values()), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     out.write_text(json.dumps(result, indent=2))
