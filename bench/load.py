@@ -23,6 +23,7 @@ import statistics
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,14 +120,17 @@ def main() -> int:
     model = build(DEFAULT_OUT, default_tokenizer_folder())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    server = start_server(out.parent, "--model", str(model), "--max-queue", "64",
+    sessions = out.with_suffix(".sessions.sqlite3")  # a fresh store: turns from earlier runs must not count
+    sessions.unlink(missing_ok=True)
+    server = start_server(out.parent, "--model", str(model), "--max-queue", "64", "--sessions-path", str(sessions),
                           "--queue-timeout-s", str(QUEUE_TIMEOUT_S),
                           "--prefix-cache-bytes", str(args.prefix_cache_mib << 20))
     try:
         base = server.base_url
         model_id = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
         deadline = time.monotonic() + args.warmup + args.seconds
-        tallies = [ClientTally(f"load:{i}") for i in range(args.clients)]
+        run_id = uuid.uuid4().hex[:8]
+        tallies = [ClientTally(f"load:{run_id}:{i}") for i in range(args.clients)]
         threads = [threading.Thread(target=run_client, args=(base, model_id, i, deadline, t), daemon=True)
                    for i, t in enumerate(tallies)]
         for thread in threads:
