@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from litestar.response import Stream
+from litestar.types import Receive, Scope, Send
 
 from app.errors import APIError
 from app.protocol import ChatCompletionChunk, encode
@@ -32,3 +36,32 @@ async def sse_stream(chunks: AsyncIterator[ChatCompletionChunk], request_id: str
         yield sse(encode(APIError(500, f"The server had an error while streaming (request id {request_id})",
                                   code="internal_error").body()))
     yield DONE
+
+
+class GuardedStream(Stream):
+    """A Stream that calls `on_end` once its ASGI response is over, however that went. A generator's `finally`
+    is not enough: when the body never starts (a server whose send raised at the headers, a cancellation before
+    the body's first step) the generator has no frame to unwind."""
+
+    __slots__ = ("on_end",)
+
+    def __init__(self, content: AsyncIterator[bytes], *, on_end: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_end = on_end
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        return _Ending(super().to_asgi_response(*args, **kwargs), self.on_end)
+
+
+class _Ending:
+    __slots__ = ("inner", "on_end")
+
+    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+        self.inner = inner
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.on_end()

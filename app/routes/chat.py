@@ -16,7 +16,7 @@ from app.errors import APIError, from_decode_error
 from app.limits import Permit
 from app.protocol import ChatCompletionRequest, encode, request_decoder
 from app.routes.health import served_model
-from app.streaming import sse_stream
+from app.streaming import GuardedStream, sse_stream
 from app.validation import resolve_model, validate_request
 from chat import pipeline, responses
 from chat.pipeline import ServedModel
@@ -90,9 +90,9 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
             chunks = responses.stream(plan, served)
         except EngineError as exc:
             raise engine_error(exc) from None
-        return Stream(sse_stream(_releasing(chunks, permit, lease), plan.request_id),
-                      media_type="text/event-stream",
-                      headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return GuardedStream(sse_stream(_releasing(chunks, permit, lease), plan.request_id),
+                             on_end=lambda: _release(permit, lease), media_type="text/event-stream",
+                             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         completion = await responses.complete(plan, served)
     except EngineError as exc:
