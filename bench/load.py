@@ -71,11 +71,13 @@ def turn_body(model: str, kind: int, turn: int, seed: int) -> dict[str, Any]:
     return body
 
 
-def run_client(base: str, model: str, index: int, deadline: float, tally: ClientTally) -> None:
+def run_client(base: str, model: str, index: int, deadline: float, tally: ClientTally,
+               kinds: list[int]) -> None:
     headers = {"X-Session-ID": tally.session}
     with httpx.Client(timeout=120) as client:
-        kind = index % 4
+        position = index % len(kinds)
         while time.monotonic() < deadline:
+            kind = kinds[position]
             body = turn_body(model, kind, tally.turns, index * 1000 + tally.turns)
             started = time.perf_counter()
             try:
@@ -97,7 +99,7 @@ def run_client(base: str, model: str, index: int, deadline: float, tally: Client
             tally.statuses[status] = tally.statuses.get(status, 0) + 1
             if status == 200:
                 tally.turns += 1
-            kind = (kind + 1) % 4
+            position = (position + 1) % len(kinds)
 
 
 def rss_mib(pid: int) -> float:
@@ -113,8 +115,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--out", default=str(ROOT / "bench/results/load.json"))
+    parser.add_argument("--kinds", default="0,1,2,3",
+                        help="turn kinds each client cycles through: 0 streamed, 1 non-streamed, 2 image, 3 tool")
     parser.add_argument("--prefix-cache-mib", type=int, default=256, help="the server's prefix-cache budget")
     args = parser.parse_args()
+    kinds = [int(k) for k in args.kinds.split(",")]
     from fixtures.models.tiny_qwen2_5_vl import DEFAULT_OUT, build, default_tokenizer_folder
 
     model = build(DEFAULT_OUT, default_tokenizer_folder())
@@ -131,7 +136,8 @@ def main() -> int:
         deadline = time.monotonic() + args.warmup + args.seconds
         run_id = uuid.uuid4().hex[:8]
         tallies = [ClientTally(f"load:{run_id}:{i}") for i in range(args.clients)]
-        threads = [threading.Thread(target=run_client, args=(base, model_id, i, deadline, t), daemon=True)
+        threads = [threading.Thread(target=run_client, args=(base, model_id, i, deadline, t, kinds),
+                                    daemon=True)
                    for i, t in enumerate(tallies)]
         for thread in threads:
             thread.start()
@@ -184,6 +190,7 @@ def main() -> int:
         "clients": args.clients, "seconds": args.seconds, "warmup_s": args.warmup,
         "turns": sum(t.turns for t in tallies), "statuses": statuses, "errors": errors[:10], "lost": lost,
         "ttft_p50_s": statistics.median(ttfts) if ttfts else None, "ttft_p99_s": p99,
+        "kinds": kinds, "rss_series_mib": [round(s[1]) for s in samples],
         "rss_first_10s_mib": mean(first, 1) if first else None,
         "rss_last_10s_mib": mean(last, 1) if last else None, "rss_growth": growth,
         "prefix_cache_first_10s_mib": mean(first, 2) if first else None,
