@@ -385,3 +385,48 @@ def test_only_the_scheduler_thread_computes_in_parallel(fp32: LoadedModel) -> No
     finally:
         torch.set_num_threads(before)
     assert seen == {"scheduler": 2, "later": 1}
+
+
+def test_one_requests_failures_leave_the_others_running(fp32: LoadedModel, decoder: Decoder, chat_ids,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefill that raises and a sampler that raises each end their own request with an EngineError; the
+    request decoding beside them gets every token it would get alone, and the engine serves on."""
+    from engines.embedded import scheduler
+
+    good, bad_prefill, bad_sampling = chat_ids(LONG_QUESTION), chat_ids("Count to five."), chat_ids(QUESTION)
+    real_prefill, real_pick = Decoder.prefill, scheduler.Choice.pick
+    marker = next(t for t in bad_prefill if t not in good and t not in bad_sampling)  # only that prompt has it
+
+    def prefill(self: Decoder, cache: Any, token_ids: list[int], **kw: Any) -> torch.Tensor:
+        if marker in token_ids:
+            raise RuntimeError("simulated prefill fault")
+        return real_prefill(self, cache, token_ids, **kw)
+
+    def pick(self: Any, logits: torch.Tensor) -> Any:
+        if self.group.req.request_id == "bad-sampling" and self.generated == 3:
+            raise RuntimeError("simulated sampler fault")
+        return real_pick(self, logits)
+
+    monkeypatch.setattr(Decoder, "prefill", prefill)
+    monkeypatch.setattr(scheduler.Choice, "pick", pick)
+
+    async def outcome(stream: AsyncIterator[EngineEvent]) -> list[int] | str:
+        try:
+            return tokens_of((await collect(stream))[0])
+        except EngineError as exc:
+            return str(exc)
+
+    async def body(engine: EmbeddedEngine) -> list[list[int] | str]:
+        streams = [engine.generate(request(good, request_id="good", max_new_tokens=12)),
+                   engine.generate(request(bad_prefill, request_id="bad-prefill")),
+                   engine.generate(request(bad_sampling, request_id="bad-sampling"))]
+        results = await asyncio.gather(*(outcome(s) for s in streams))
+        after = await outcome(engine.generate(request(good, request_id="after", max_new_tokens=12)))
+        assert load(engine) == {"running": 0, "waiting": 0, "requests": 0}
+        return [*results, after]
+
+    good_alone = manual_greedy(decoder, good, 12)
+    ran_beside, prefill_error, sampling_error, after = run_engine(fp32, body)
+    assert ran_beside == good_alone and after == good_alone
+    assert isinstance(prefill_error, str) and "simulated prefill fault" in prefill_error
+    assert isinstance(sampling_error, str) and "simulated sampler fault" in sampling_error
