@@ -16,6 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import KeyStore, require_api_key
 from app.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from app.heap import HeapTrimmer
 from app.limits import KeyLimiter
 from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
@@ -78,6 +79,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state = app.state
         task = None
+        state.heap.start()
         if isinstance(model, ServedModel):
             state.served = model
         else:
@@ -97,6 +99,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             if served is not None:
                 await served.engine.close()
             state.sessions.store.close()
+            state.heap.stop()
 
     state = State({"settings": settings, "key_store": KeyStore(settings.api_keys),
                    "admin_key_store": KeyStore(settings.admin_keys), "served": None, "load_error": None,
@@ -105,6 +108,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
                                         requests_per_minute=settings.requests_per_minute,
                                         tokens_per_minute=settings.tokens_per_minute)})
     state.sessions.on_forget = forget_in_engine(state)
+    state.heap = HeapTrimmer(settings.heap_trim_interval_s)
     state.metrics = Metrics(state)
     return Litestar(
         route_handlers=ROUTES,

@@ -81,6 +81,13 @@ class _StateCollector(Collector):
         loaded = GaugeMetricFamily("lodestar_model_loaded", "1 once the model is loaded and the engine ready")
         loaded.add_metric([], 1.0 if served is not None and served.engine.ready() else 0.0)
         yield loaded
+        heap = self.state.heap
+        trims = CounterMetricFamily("lodestar_heap_trims", "malloc_trim calls that gave freed memory back")
+        trims.add_metric([], float(heap.trims))
+        spent = CounterMetricFamily("lodestar_heap_trim_seconds", "Time spent in malloc_trim")
+        spent.add_metric([], heap.seconds)
+        yield trims
+        yield spent
         if served is None:
             return
         for name, value in served.engine.stats().items():

@@ -105,6 +105,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     image_cache_entries: int = 64  # decoded images kept by content hash
     vision_cache_entries: int = 32  # vision-encoder outputs kept by content hash (embedded engine)
     # Operations
+    heap_trim_interval_s: float = 5.0  # give freed heap memory back to the OS this often (glibc; 0: never)
     shutdown_grace_s: float = 30.0  # on SIGTERM: stop accepting, let running requests finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -131,8 +132,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SettingsError("engine sglang needs sglang_url (--sglang-url URL) or launch (--launch)")
         if self.sglang_health_interval_s < 0:
             raise SettingsError("sglang_health_interval_s must be >= 0 (0 = no probes)")
-        if self.shutdown_grace_s < 0:
-            raise SettingsError("shutdown_grace_s must be >= 0")
+        if self.shutdown_grace_s < 0 or self.heap_trim_interval_s < 0:
+            raise SettingsError("shutdown_grace_s and heap_trim_interval_s must be >= 0")
         if self.queue_timeout_s <= 0 or self.threads < 0:
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
         for key in ("max_concurrent_per_key", "requests_per_minute", "tokens_per_minute", "max_images",

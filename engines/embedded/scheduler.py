@@ -53,7 +53,6 @@ class Group:
     prefilled: int = 0
     cached: int = 0  # prompt tokens taken from the prefix cache
     keys: list[int] = field(default_factory=list)  # the prompt's prefix-cache keys
-    choices: list[Choice] = field(default_factory=list)
     aborted: bool = False
     # Vision prompts: M-RoPE positions of the whole prompt, image-token embeddings and how many are used.
     positions: torch.Tensor | None = None
@@ -301,7 +300,6 @@ class Scheduler:
                 choice.grammar = self.grammars.state(req.constraint)
             if req.thinking is not None:
                 choice.thinking = ThinkingTracker(req.thinking)
-            group.choices.append(choice)
             token, logprob = choice.pick(logits if choice.grammar is None else logits.clone())
             if self._advance(choice, token, logprob):
                 self._running.append(choice)
