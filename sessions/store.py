@@ -47,11 +47,23 @@ class SessionStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self.path = path
         self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_SCHEMA)
+        self._connection = db
+        return db
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection (call with the lock held); reopened after close(), so an app can start again."""
+        return self._connection or self._open()
 
     def load(self, owner: str, session_id: str) -> Transcript | None:
         with self._lock:
@@ -86,4 +98,6 @@ class SessionStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None

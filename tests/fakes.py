@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+from chat.families import FAMILIES
 from engines.base import EngineError, EngineEvent, EngineRequest, ModelInfo, TokenLogprob
 
 EOS_ID = 2
@@ -53,6 +54,8 @@ class FakeTokenizer:
 class FakeRenderer:
     """Same attributes as chat.template.PromptRenderer: 4 ids per message plus one per word."""
 
+    family = FAMILIES["generic"]  # the fake engine's model family: no end-of-turn text, no tool format
+
     def __init__(self, tokenizer: FakeTokenizer) -> None:
         self.tokenizer = tokenizer
         self.stop_token_ids: tuple[int, ...] = (EOS_ID,)
@@ -71,11 +74,11 @@ class FakeRenderer:
         return ids
 
     def render_text(self, messages: list[Any], tools: list[dict[str, Any]] | None = None,
-                    options: dict[str, Any] | None = None) -> str:
+                    options: dict[str, Any] | None = None, add_generation_prompt: bool = True) -> str:
         """The text path (the reasoning stage appends its opening marker to it): one line per message."""
         self.rendered.append(list(messages))
         lines = [f"{m.__struct_config__.tag}: {m.content if isinstance(m.content, str) else ''}" for m in messages]
-        return "\n".join([*lines, "assistant: "])
+        return "\n".join([*lines, "assistant: "] if add_generation_prompt else lines)
 
     def tokenize(self, text: str) -> list[int]:
         """One id per word, like render(); the texts are kept in `.texts`."""

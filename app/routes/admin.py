@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from app.auth import key_hint
 from app.protocol import encode
+from app.resources import KeyUsage, KeyUsageList
 from sessions.manager import owner_of
 
 
@@ -16,9 +17,8 @@ async def key_usage(state: State) -> Response[bytes]:
     hints[owner_of(None)] = "anonymous"  # the one key of a server without api_keys
     data = []
     for owner, usage in sorted(state.limits.usage().items()):
-        data.append({"object": "key_usage", "key_id": owner, "key": hints.get(owner, "unknown"),
-                     "requests": usage.requests, "prompt_tokens": usage.prompt_tokens,
-                     "completion_tokens": usage.completion_tokens,
-                     "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                     "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens})
-    return Response(encode({"object": "list", "data": data}), media_type="application/json")
+        data.append(KeyUsage(key_id=owner, key=hints.get(owner, "unknown"), requests=usage.requests,
+                             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                             total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                             cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens))
+    return Response(encode(KeyUsageList(data=data)), media_type="application/json")

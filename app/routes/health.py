@@ -7,6 +7,7 @@ from litestar.datastructures import State
 
 from app.errors import APIError
 from app.protocol import encode
+from app.resources import Health, Ready
 from chat.pipeline import ServedModel
 
 
@@ -22,12 +23,11 @@ def served_model(state: State) -> ServedModel:
 
 @get("/health", opt={"public": True})
 async def health() -> Response[bytes]:
-    return Response(encode({"status": "ok"}), media_type="application/json")
+    return Response(encode(Health(status="ok")), media_type="application/json")
 
 
 @get("/ready", opt={"public": True})
 async def ready(state: State) -> Response[bytes]:
     served = served_model(state)
-    return Response(encode({"status": "ready", "model": served.engine.model_info.id,
-                            "engine": served.engine.stats()}),
+    return Response(encode(Ready(status="ready", model=served.engine.model_info.id, engine=served.engine.stats())),
                     media_type="application/json")

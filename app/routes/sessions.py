@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
 from litestar import Request, Response, delete, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
 from app.auth import bearer_token
 from app.errors import APIError
+from app.protocol import encode
+from app.resources import Session, SessionDeleted
 from sessions.manager import check_session_id, owner_of
 from sessions.store import Transcript
 
@@ -24,10 +23,10 @@ def _not_found(session_id: str) -> APIError:
                     param="session_id", code="session_not_found")
 
 
-def session_body(t: Transcript) -> dict[str, Any]:
-    return {"id": t.session_id, "object": "session", "created": int(t.created), "updated": int(t.updated),
-            "turns": t.turns, "tokens": len(t.token_ids), "prompt_tokens": t.prompt_tokens,
-            "completion_tokens": t.completion_tokens, "cached_tokens": t.cached_tokens, "messages": t.messages}
+def session_body(t: Transcript) -> Session:
+    return Session(id=t.session_id, created=int(t.created), updated=int(t.updated), turns=t.turns,
+                   tokens=len(t.token_ids), prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
+                   cached_tokens=t.cached_tokens, messages=t.messages)
 
 
 @get("/v1/sessions/{session_id:str}")
@@ -36,7 +35,7 @@ async def get_session(session_id: FromPath[str], request: Request, state: State)
     transcript = await state.sessions.load(_owner(request), session_id)
     if transcript is None:
         raise _not_found(session_id)
-    return Response(msgspec.json.encode(session_body(transcript)), media_type="application/json")
+    return Response(encode(session_body(transcript)), media_type="application/json")
 
 
 @delete("/v1/sessions/{session_id:str}", status_code=200)
@@ -48,5 +47,4 @@ async def delete_session(session_id: FromPath[str], request: Request, state: Sta
             raise _not_found(session_id)
     finally:
         lease.release()
-    return Response(msgspec.json.encode({"id": session_id, "object": "session.deleted", "deleted": True}),
-                    media_type="application/json")
+    return Response(encode(SessionDeleted(id=session_id)), media_type="application/json")

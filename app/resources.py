@@ -1,0 +1,54 @@
+"""Lodestar's own response bodies (sessions, key usage, probes): typed, so the OpenAPI document describes
+exactly what the handlers send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Session(msgspec.Struct):
+    id: str
+    created: int
+    updated: int
+    turns: int
+    tokens: int  # the transcript's token ids, prompt and replies
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    messages: list[dict[str, Any]]
+    object: str = "session"
+
+
+class SessionDeleted(msgspec.Struct):
+    id: str
+    deleted: bool = True
+    object: str = "session.deleted"
+
+
+class KeyUsage(msgspec.Struct):
+    key_id: str  # a digest of the key, stable across restarts
+    key: str  # a hint such as "sk-...abcd", "anonymous" or "unknown"
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    object: str = "key_usage"
+
+
+class KeyUsageList(msgspec.Struct):
+    data: list[KeyUsage]
+    object: str = "list"
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct):
+    status: str
+    model: str
+    engine: dict[str, float]  # the engine's load and cache figures (as in /metrics)
