@@ -89,6 +89,9 @@ class Permit:
         self.state = state
         self.released = False
 
+    def queued(self, seconds: float) -> None:
+        pass
+
     def token_latency(self, seconds: float, *, first: bool) -> None:
         pass
 

@@ -40,6 +40,9 @@ class Metrics:
         self.itl = Histogram("lodestar_inter_token_latency_seconds", "Gaps between a request's token events",
                              buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5),
                              registry=self.registry)
+        self.queue_wait = Histogram("lodestar_queue_wait_seconds",
+                                    "Time a request waited for a batch slot (embedded engine)",
+                                    buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("lodestar_tokens", "Tokens in and out of finished requests", ["kind"],
                               registry=self.registry)
         self.registry.register(_StateCollector(state))
@@ -58,6 +61,9 @@ class RequestObserver:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+
+    def queued(self, seconds: float) -> None:
+        self.metrics.queue_wait.observe(seconds)
 
     def token_latency(self, seconds: float, *, first: bool) -> None:
         (self.metrics.ttft if first else self.metrics.itl).observe(seconds)

@@ -64,6 +64,9 @@ class Plan:
 
 
 class RunObserver(Protocol):
+    def queued(self, seconds: float) -> None:
+        """How long the request waited for a batch slot, if the engine says."""
+
     def token_latency(self, seconds: float, *, first: bool) -> None:
         """Time to the first token (first=True), then each gap between the engine's token events."""
 

@@ -67,6 +67,9 @@ class Run:
             async for event in stream:
                 self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
                 self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
+                if event.queued_s is not None:
+                    for observer in observers:
+                        observer.queued(event.queued_s)
                 if observers and event.token_ids:
                     now = time.perf_counter()
                     for observer in observers:

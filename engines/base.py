@@ -107,6 +107,7 @@ class EngineEvent:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     forced: bool = False  # the engine inserted these tokens (a reasoning budget's close), it did not sample them
+    queued_s: float | None = None  # on a request's first event, if the engine knows: its wait for a batch slot
 
 
 class EngineError(Exception):

@@ -149,7 +149,8 @@ class FakeEngine:
                     text = "" if token_id == EOS_ID else self.tokenizer.decode([token_id])
                     yield EngineEvent(index=index, token_ids=[token_id], text=text,
                                       logprobs=self._logprobs(req, token_id), finish_reason=finish,
-                                      prompt_tokens=len(req.prompt_ids), cached_tokens=self.cached_tokens)
+                                      prompt_tokens=len(req.prompt_ids), cached_tokens=self.cached_tokens,
+                                      queued_s=0.0 if step == 0 and index == 0 else None)  # never queued
                     if finish is not None:
                         live.discard(index)
                 step += 1

@@ -49,6 +49,7 @@ class Group:
     req: EngineRequest
     emit: Emit
     enqueued_at: float
+    admitted_at: float = 0.0  # when it left the queue for a batch slot
     cache: KVCache | None = None
     prefilled: int = 0
     cached: int = 0  # prompt tokens taken from the prefix cache
@@ -222,6 +223,7 @@ class Scheduler:
         reserved = len(self._running) + sum(g.req.n for g in self._prefilling)
         while self._waiting and reserved + self._waiting[0].req.n <= self.config.max_batch_size:
             group = self._waiting.popleft()
+            group.admitted_at = time.monotonic()
             group.cache = self.decoder.new_cache(len(group.req.prompt_ids) + 64)
             self._reuse_prefix(group)
             self._prefilling.append(group)
@@ -330,7 +332,8 @@ class Scheduler:
 
     def _advance(self, choice: Choice, token: int, logprob: TokenLogprob | None) -> bool:
         """Record a sampled token and emit it; return whether the choice keeps decoding."""
-        req = choice.group.req
+        group = choice.group
+        req = group.req
         choice.generated += 1
         choice.last_token = token
         finish = None
@@ -349,5 +352,6 @@ class Scheduler:
         choice.group.emit(EngineEvent(
             index=choice.index, token_ids=[token], text=text,
             logprobs=[logprob] if logprob is not None else None, finish_reason=finish,
-            prompt_tokens=len(req.prompt_ids), cached_tokens=choice.group.cached, forced=choice.last_forced))
+            prompt_tokens=len(req.prompt_ids), cached_tokens=choice.group.cached, forced=choice.last_forced,
+            queued_s=group.admitted_at - group.enqueued_at if choice.generated == 1 and choice.index == 0 else None))
         return finish is None

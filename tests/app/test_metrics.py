@@ -32,6 +32,7 @@ def test_metrics_count_requests_tokens_and_timings() -> None:
     assert session_routes and all("abc" not in dict(k[1])["route"] for k in session_routes)
     # two generations: two first tokens, and a gap for every further token event
     assert m[("lodestar_time_to_first_token_seconds_count", ())] == 2
+    assert m[("lodestar_queue_wait_seconds_count", ())] == 2
     assert m[("lodestar_inter_token_latency_seconds_count", ())] == 2 * (SCRIPT_TOKENS - 1)
     usage = plain["usage"]
     assert m[("lodestar_tokens_total", (("kind", "prompt"),))] == 2 * usage["prompt_tokens"]

@@ -209,6 +209,7 @@ def test_metrics_follow_real_requests(client, small_server):
     ok = (("route", "/v1/chat/completions"), ("method", "POST"), ("status", "200"))
     assert delta("lodestar_requests_total", *ok) == 1
     assert delta("lodestar_time_to_first_token_seconds_count") == 1
+    assert delta("lodestar_queue_wait_seconds_count") == 1  # the embedded engine reports its queue wait
     assert delta("lodestar_inter_token_latency_seconds_count") == usage.completion_tokens - 1
     assert delta("lodestar_tokens_total", ("kind", "completion")) == usage.completion_tokens
     assert delta("lodestar_tokens_total", ("kind", "prompt")) == usage.prompt_tokens
