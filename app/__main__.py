@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from app import logs
 from app.settings import SettingsError, add_flags, load_settings
 
 
@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"lodestar: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per image fetch or SGLang call is noise
+    logs.configure(settings.log_level, settings.log_format)
 
     import uvicorn
 
@@ -30,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from app.main import create_app
 
     app = create_app(settings, lambda: build_served_model(settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=settings.shutdown_grace_s)
+    # uvicorn logs through our root handler (log_config=None); our access line carries the request id.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from app.auth import KeyStore, require_api_key
 from app.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from app.heap import HeapTrimmer
 from app.limits import KeyLimiter
+from app.logs import REQUEST_ID, log_access
 from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
 from app.settings import Settings
@@ -31,7 +33,8 @@ ModelSource = ServedModel | Callable[[], ServedModel]
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Give every request an id (logged with errors) and echo it in an X-Request-ID header."""
+    """Give every request an id, echo it in an X-Request-ID header, tag its log lines with it (app/logs.py)
+    and end it with an access line. A handler may name the request itself (chat: its completion id)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,16 +42,28 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             return
         request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)
+        started, status = time.perf_counter(), 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status, request_id
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                given = [v for k, v in headers if k.lower() == b"x-request-id"]
+                if given:
+                    request_id = given[0].decode()
+                else:
                     headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await app(scope, receive, send_with_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.set(request_id)
+            log_access(scope["method"], scope["path"], status, time.perf_counter() - started)
+            REQUEST_ID.reset(token)
 
     return middleware
 
@@ -122,6 +137,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         lifespan=[lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=None,
+        openapi_config=None,  # app/openapi.py serves the document
+        logging_config=None,  # app/logs.py configures logging, with request ids
         debug=False,
     )

@@ -108,6 +108,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heap_trim_interval_s: float = 5.0  # give freed heap memory back to the OS this often (glibc; 0: never)
     shutdown_grace_s: float = 30.0  # on SIGTERM: stop accepting, let running requests finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for log collectors
 
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()

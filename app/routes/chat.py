@@ -14,6 +14,7 @@ from litestar.response import Stream
 from app.auth import bearer_token
 from app.errors import APIError, from_decode_error
 from app.limits import Permit
+from app.logs import REQUEST_ID
 from app.protocol import ChatCompletionRequest, encode, request_decoder
 from app.routes.health import served_model
 from app.streaming import GuardedStream, sse_stream
@@ -74,6 +75,7 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     turn = merge(lease.transcript, req.messages) if lease is not None else None
     plan = await pipeline.plan_request(req, state.settings, served, model_id, session=turn)
     plan.observers = [state.metrics.observer(), permit]
+    REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
     headers = {"X-Request-ID": plan.request_id}
     if lease is not None and turn is not None:
         headers[HEADER] = lease.session_id
