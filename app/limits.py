@@ -10,7 +10,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.errors import APIError
 from app.protocol import Usage
@@ -20,7 +20,7 @@ WINDOW_S = 60.0
 
 @dataclass(slots=True)
 class KeyUsage:
-    """What one key consumed since the server started (what seed 004's users are billed on)."""
+    """What one key consumed (what seed 004's users are billed on); kept across restarts by app/usage_store.py."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -31,6 +31,7 @@ class KeyUsage:
 
 @dataclass(slots=True)
 class _KeyState:
+    key: str
     in_flight: int = 0
     admitted: deque[float] = field(default_factory=deque)  # admission times within the window
     spent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, tokens) within the window
@@ -52,10 +53,11 @@ class KeyLimiter:
         self.tpm = tokens_per_minute
         self.clock = clock
         self._keys: dict[str, _KeyState] = {}
+        self._changed: set[str] = set()  # keys whose usage changed since take_changed()
 
     def admit(self, key: str) -> Permit:
         """Count a new request against `key`, or refuse it with a 429 that says which limit and when to retry."""
-        state = self._keys.setdefault(key, _KeyState())
+        state = self._state(key)
         now = self.clock()
         state.prune(now)
         if self.max_concurrent and state.in_flight >= self.max_concurrent:
@@ -73,10 +75,32 @@ class KeyLimiter:
         state.in_flight += 1
         state.admitted.append(now)
         state.usage.requests += 1
+        self._changed.add(key)
         return Permit(self, state)
+
+    def _state(self, key: str) -> _KeyState:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState(key)
+        return state
 
     def usage(self) -> dict[str, KeyUsage]:
         return {key: state.usage for key, state in self._keys.items()}
+
+    def restore(self, totals: dict[str, KeyUsage]) -> None:
+        """Start from stored totals (at start-up, before any request)."""
+        for key, usage in totals.items():
+            self._state(key).usage = replace(usage)
+
+    def restore_changed(self, changed: dict[str, KeyUsage]) -> None:
+        """Saving `changed` failed: keep those keys marked so the next flush writes them."""
+        self._changed.update(changed)
+
+    def take_changed(self) -> dict[str, KeyUsage]:
+        """Copies of the totals that changed since the last call, for the store."""
+        changed = {key: replace(self._keys[key].usage) for key in self._changed}
+        self._changed.clear()
+        return changed
 
 
 class Permit:
@@ -105,6 +129,7 @@ class Permit:
         metered.completion_tokens += usage.completion_tokens
         metered.cached_tokens += usage.prompt_tokens_details.cached_tokens
         metered.reasoning_tokens += usage.completion_tokens_details.reasoning_tokens
+        self.limiter._changed.add(state.key)
 
     def release(self) -> None:
         if not self.released:

@@ -23,6 +23,7 @@ from app.logs import REQUEST_ID, log_access
 from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
 from app.settings import Settings
+from app.usage_store import FLUSH_INTERVAL_S, UsageStore
 from chat.pipeline import ServedModel
 from sessions.manager import SessionManager
 from sessions.store import SessionStore
@@ -68,10 +69,14 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def session_manager(settings: Settings) -> SessionManager:
-    path = Path(settings.sessions_path).expanduser() if settings.sessions_path else \
+def database_path(settings: Settings) -> Path:
+    """The SQLite file of the sessions and of the per-key usage totals."""
+    return Path(settings.sessions_path).expanduser() if settings.sessions_path else \
         settings.data_path() / "sessions.sqlite3"
-    return SessionManager(SessionStore(path), idle_timeout_s=settings.session_idle_timeout_s,
+
+
+def session_manager(settings: Settings) -> SessionManager:
+    return SessionManager(SessionStore(database_path(settings)), idle_timeout_s=settings.session_idle_timeout_s,
                           busy_timeout_s=settings.session_busy_timeout_s)
 
 
@@ -87,6 +92,18 @@ def forget_in_engine(state: State) -> Callable[[str], None]:
     return forget
 
 
+async def _flush_usage_forever(limits: KeyLimiter, usage: UsageStore) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_S)
+        changed = limits.take_changed()
+        if changed:
+            try:
+                await asyncio.to_thread(usage.save, changed)
+            except Exception:  # a full disk must not stop serving; the totals stay in memory
+                log.exception("saving usage totals failed")
+                limits.restore_changed(changed)
+
+
 def create_app(settings: Settings, model: ModelSource) -> Litestar:
     """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
 
@@ -95,6 +112,9 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         state = app.state
         task = None
         state.heap.start()
+        usage = UsageStore(database_path(settings))
+        state.limits.restore(await asyncio.to_thread(usage.load))
+        flusher = asyncio.create_task(_flush_usage_forever(state.limits, usage))
         if isinstance(model, ServedModel):
             state.served = model
         else:
@@ -110,9 +130,12 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         finally:
             if task is not None and not task.done():
                 task.cancel()
+            flusher.cancel()
             served = state.get("served")
             if served is not None:
                 await served.engine.close()
+            usage.save(state.limits.take_changed())  # the requests that just finished too
+            usage.close()
             state.sessions.store.close()
             state.heap.stop()
 

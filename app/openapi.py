@@ -54,7 +54,7 @@ OPERATIONS = [
               (400, 404), parameters=(SESSION_ID,)),
     Operation("delete", "/v1/sessions/{session_id}", "Forget a session", SessionDeleted, (400, 404, 409),
               parameters=(SESSION_ID,)),
-    Operation("get", "/v1/admin/usage", "Usage per API key since the server started", KeyUsageList, (403,),
+    Operation("get", "/v1/admin/usage", "Usage per API key (kept across restarts)", KeyUsageList, (403,),
               access="admin"),
     Operation("get", "/metrics", "Prometheus metrics", None, ()),
     Operation("get", "/openapi.json", "This document", None, ()),

@@ -1,4 +1,4 @@
-"""GET /v1/admin/usage: what each API key consumed since the server started (needs an admin key)."""
+"""GET /v1/admin/usage: what each API key has consumed, kept across restarts (needs an admin key)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +33,8 @@ def served(engine: FakeEngine) -> ServedModel:
 
 
 def make_app(engine: FakeEngine | None = None, **settings: Any) -> Litestar:
+    """An app on the fake engine; its sessions and usage database is a fresh file unless one is given."""
+    settings.setdefault("sessions_path", str(Path(tempfile.mkdtemp(prefix="lodestar-app-")) / "db.sqlite3"))
     return create_app(Settings(**settings), served(engine or FakeEngine()))
 
 

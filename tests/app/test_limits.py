@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from litestar.testing import TestClient
 
@@ -105,3 +108,50 @@ def test_admin_and_api_keys_must_differ() -> None:
 
     with pytest.raises(SettingsError, match="admin key"):
         Settings(api_keys=("same",), admin_keys=("same",)).check()
+
+
+def test_changed_totals_are_handed_out_once_and_restored_from_the_store(tmp_path) -> None:
+    from app.usage_store import UsageStore
+
+    limiter = KeyLimiter(max_concurrent=0, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
+    permit = limiter.admit("a")
+    permit.finished(usage(10, 5, cached=4))
+    changed = limiter.take_changed()
+    assert list(changed) == ["a"] and changed["a"].prompt_tokens == 10 and changed["a"].requests == 1
+    assert limiter.take_changed() == {}  # nothing new since
+    store = UsageStore(tmp_path / "db.sqlite3")
+    store.save(changed)
+    store.close()
+    again = KeyLimiter(max_concurrent=0, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
+    again.restore(UsageStore(tmp_path / "db.sqlite3").load())
+    again.admit("a").finished(usage(1, 1))
+    assert again.usage()["a"].requests == 2 and again.usage()["a"].prompt_tokens == 11
+    assert again.usage()["a"].cached_tokens == 4
+
+
+def test_usage_per_key_survives_a_restart(tmp_path) -> None:
+    from app.usage_store import UsageStore
+
+    path = str(tmp_path / "db.sqlite3")
+    admin = {"Authorization": "Bearer adm-usage"}
+
+    done = 0
+
+    def run(requests: int) -> dict:
+        app = make_app(api_keys=("sk-usage-1111",), admin_keys=("adm-usage",), sessions_path=path)
+        with TestClient(app) as client:
+            for _ in range(requests):
+                r = client.post(CHAT, json=body(), headers={"Authorization": "Bearer sk-usage-1111"})
+                assert r.status_code == 200
+            # written while serving, about once a second: a kill -9 would lose at most that
+            deadline = time.monotonic() + 5
+            while sum(u.requests for u in UsageStore(Path(path)).load().values()) < requests + done:
+                assert time.monotonic() < deadline, "usage not written while the app runs"
+                time.sleep(0.05)
+            return client.get("/v1/admin/usage", headers=admin).json()["data"][0]
+
+    first = run(2)
+    done = 2
+    second = run(1)  # a new process, as far as the app knows: totals come from the database
+    assert first["key"] == second["key"] == "sk-...1111"
+    assert second["requests"] == 3 and second["prompt_tokens"] == first["prompt_tokens"] * 3 // 2
