@@ -26,7 +26,12 @@ setup: $(STAMP)
 serve: setup
 	$(PY) -m app serve $(ARGS)
 
-test: setup $(NODE_STAMP)
+# The playground's browser tests drive Debian's chromium (Playwright cannot download its own browser here).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: setup $(NODE_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup

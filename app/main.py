@@ -22,6 +22,7 @@ from app.limits import KeyLimiter
 from app.logs import REQUEST_ID, log_access
 from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
+from app.routes.playground import playground_router
 from app.settings import Settings
 from app.usage_store import FLUSH_INTERVAL_S, UsageStore
 from chat.pipeline import ServedModel
@@ -149,7 +150,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
     state.heap = HeapTrimmer(settings.heap_trim_interval_s)
     state.metrics = Metrics(state)
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *([playground_router()] if settings.playground else [])],
         guards=[require_api_key],
         exception_handlers={
             APIError: handle_api_error,

@@ -109,6 +109,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace_s: float = 30.0  # on SIGTERM: stop accepting, let running requests finish this long
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, for log collectors
+    playground: bool = True  # serve the playground page at /playground/
 
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
