@@ -61,6 +61,11 @@ def send(page, text: str) -> None:
                            f"document.querySelectorAll('.message.assistant .stats')[{replies}].textContent")
 
 
+def open_section(page, title: str) -> None:
+    """Open a settings section (clicking its summary would close it if it is open already)."""
+    page.locator("details", has=page.locator(f"summary:text-is('{title}')")).evaluate("d => { d.open = true; }")
+
+
 def last_reply(page):
     return page.locator(".message.assistant").last
 
@@ -88,7 +93,7 @@ def test_an_attached_image_goes_with_the_message(page, tmp_path: Path) -> None:
 
 
 def test_tools_are_checked_in_the_page_then_called(page) -> None:
-    page.click("summary:has-text('Tools')")
+    open_section(page, "Tools")
     page.fill("#tools", '[{"type": "function", "function": {"name": "bad name"}}]')
     assert "must match" in page.inner_text("#tools-error")
     page.fill("#tools", "[{")
@@ -110,7 +115,7 @@ def test_tools_are_checked_in_the_page_then_called(page) -> None:
 
 def test_a_session_turn_reports_cached_tokens(page) -> None:
     page.click("#clear")
-    page.click("summary:has-text('Session')")
+    open_section(page, "Session")
     page.fill("#session", "playground-session-1")
     page.dispatch_event("#session", "change")
     page.fill("#max_tokens", "6")
@@ -122,11 +127,22 @@ def test_a_session_turn_reports_cached_tokens(page) -> None:
     page.dispatch_event("#session", "change")
 
 
+def test_the_conversation_can_be_edited_in_place(page) -> None:
+    page.click("#clear")
+    page.fill("#max_tokens", "4")
+    send(page, "A first message.")
+    page.locator(".message.user .content").first.fill("An edited first message.")
+    open_section(page, "Copy as code")
+    page.click(".tabs button[data-lang=curl]")
+    code = page.inner_text("#code")
+    assert "An edited first message." in code and "A first message." not in code
+
+
 def test_copy_as_python_runs_as_is(page, server, tmp_path: Path) -> None:
     page.click("#clear")
     page.fill("#max_tokens", "8")
     page.fill("#input", "Say something short.")
-    page.click("summary:has-text('Copy as code')")
+    open_section(page, "Copy as code")
     page.click(".tabs button[data-lang=python]")
     snippet = page.inner_text("#code")
     assert f'base_url="{server.base_url}/v1"' in snippet and 'os.environ["API_KEY"]' in snippet

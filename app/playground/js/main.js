@@ -92,6 +92,13 @@ function messageElement(role) {
   return item;
 }
 
+// Text in the conversation can be edited in place: the next request (and the code) carries the edit.
+function editable(element, save) {
+  element.contentEditable = "plaintext-only";
+  element.title = "click to edit";
+  element.addEventListener("input", () => { save(element.textContent); updateCode(); });
+}
+
 function renderStored(message) {
   const item = messageElement(message.role);
   const body = item.querySelector(".body");
@@ -101,6 +108,10 @@ function renderStored(message) {
       const text = document.createElement("div");
       text.className = "content";
       text.textContent = part.text;
+      editable(text, (value) => {
+        if (typeof message.content === "string") message.content = value;
+        else part.text = value;
+      });
       body.append(text);
     } else if (part.type === "image_url") {
       const image = document.createElement("img");
@@ -212,6 +223,7 @@ async function send(event) {
       view.showStats(result.usage, seconds, seconds);
     }
     if (calls.length) reply.tool_calls = calls;
+    editable(view.answer, (value) => { reply.content = value; });
     state.messages.push(...fresh, reply);
     if (sessionId) state.sentInSession = state.messages.length;
     state.pendingCalls = calls;
