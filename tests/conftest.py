@@ -53,6 +53,8 @@ def start_server(tmp_dir: Path, *args: str, env: dict[str, str] | None = None,
                  wait_ready: bool = True, timeout: float = 600) -> ServerProcess:
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
+    if "--sessions-path" not in args:  # a fresh sessions and usage database: runs must not see each other's
+        args = (*args, "--sessions-path", str(tmp_dir / f"sessions-{port}.sqlite3"))
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LODESTAR_")}
     full_env.update(env or {})
     with open(log_path, "wb") as log:
