@@ -17,7 +17,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
-from app.resources import Health, KeyUsageList, Ready, Session, SessionDeleted
+from app.resources import Health, KeyUsageList, Ready, RequestCheck, Session, SessionDeleted
 from app.settings import Settings
 
 JSON = "application/json"
@@ -50,6 +50,9 @@ OPERATIONS = [
                                                      "`data: [DONE]`", "x-chunk": ChatCompletionChunk.__name__}}})
       for path in ("/v1/chat/completions", "/api/v3/inference/chat/completions")),
     Operation("get", "/v1/models", "The served model", ModelList, (503,)),
+    Operation("post", "/v1/playground/check", "Check a chat-completions body as the chat route would, without "
+              "generating (the playground's field checks)", RequestCheck, (400, 404, 413, 501, 503),
+              request=ChatCompletionRequest),
     Operation("get", "/v1/sessions/{session_id}", "A session's transcript and token totals", Session,
               (400, 404), parameters=(SESSION_ID,)),
     Operation("delete", "/v1/sessions/{session_id}", "Forget a session", SessionDeleted, (400, 404, 409),

@@ -52,3 +52,10 @@ class Ready(msgspec.Struct):
     status: str
     model: str
     engine: dict[str, float]  # the engine's load and cache figures (as in /metrics)
+
+
+class RequestCheck(msgspec.Struct):
+    """A chat-completions body that passed every check of the chat route (POST /v1/playground/check)."""
+
+    ok: bool = True
+    object: str = "chat.completion.check"

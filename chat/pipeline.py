@@ -83,19 +83,25 @@ class Reply:
     usage: Usage
 
 
+async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: ServedModel) -> ToolPlan:
+    """The tools stage, its grammar compiled by the engine: every tools or schema error is raised here."""
+    if not (req.tools or req.response_format or req.tool_choice):
+        return ToolPlan()
+    tools = await asyncio.to_thread(plan_tools, req, settings, served.renderer)  # schema checks: off the loop
+    if tools.constraint is not None:
+        try:
+            await asyncio.to_thread(served.engine.prepare_constraint, tools.constraint)
+        except EngineError as exc:
+            raise APIError(exc.status, str(exc), param="tools" if req.tools else "response_format",
+                           code=exc.code) from None
+    return tools
+
+
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
                        model_id: str, session: SessionTurn | None = None) -> Plan:
     renderer = served.renderer
     info = served.engine.model_info
-    tools = ToolPlan()
-    if req.tools or req.response_format or req.tool_choice:  # schema checks can be heavy: off the loop
-        tools = await asyncio.to_thread(plan_tools, req, settings, renderer)
-        if tools.constraint is not None:
-            try:
-                await asyncio.to_thread(served.engine.prepare_constraint, tools.constraint)
-            except EngineError as exc:
-                raise APIError(exc.status, str(exc), param="tools" if req.tools else "response_format",
-                               code=exc.code) from None
+    tools = await checked_tools(req, settings, served)
     messages = session.messages if session is not None else req.messages
     truncate_to = req.prompt_truncate_len or settings.prompt_truncate_len
     truncated = False

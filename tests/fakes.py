@@ -105,6 +105,7 @@ class FakeEngine:
         self.is_ready = True
         self.requests: list[EngineRequest] = []
         self.aborted: list[str] = []
+        self.prepared: list[Any] = []
         self.released: list[str] = []  # request ids whose event stream was closed (finished or dropped)
         self.closed = False
 
@@ -157,6 +158,9 @@ class FakeEngine:
                 await asyncio.sleep(0)
         finally:
             self.released.append(req.request_id)
+
+    def prepare_constraint(self, constraint: Any) -> None:
+        self.prepared.append(constraint)  # no grammar engine here: a constraint is only recorded
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

@@ -33,15 +33,18 @@ def engine_error(exc: EngineError) -> APIError:
     return APIError(exc.status, str(exc), code=exc.code, headers=headers)
 
 
-@post(CHAT_PATHS, status_code=200)
-async def chat_completions(request: Request, state: State) -> Response[bytes] | Stream:
-    body = await request.body()
+def decode_body(body: bytes) -> ChatCompletionRequest:
     try:
-        req = request_decoder.decode(body)
+        return request_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise from_decode_error(exc) from None
     except RecursionError:  # msgspec's own guard against hostile nesting
         raise APIError(400, "The JSON body is nested too deeply", code="invalid_json") from None
+
+
+@post(CHAT_PATHS, status_code=200)
+async def chat_completions(request: Request, state: State) -> Response[bytes] | Stream:
+    req = decode_body(await request.body())
     served = served_model(state)
     model_id = resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)

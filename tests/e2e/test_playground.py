@@ -98,6 +98,10 @@ def test_tools_are_checked_in_the_page_then_called(page) -> None:
     assert "must match" in page.inner_text("#tools-error")
     page.fill("#tools", "[{")
     assert "Not valid JSON" in page.inner_text("#tools-error")
+    # What only the server can tell (is it a valid JSON Schema?) comes back from it, beside the field.
+    page.fill("#tools", '[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", '
+                        '"properties": {"a": {"type": "no-such-type"}}}}}]')
+    page.wait_for_function("document.querySelector('#tools-error').textContent.includes('not a valid JSON Schema')")
     page.fill("#tools", WEATHER)
     assert page.inner_text("#tools-error") == ""
     page.select_option("#tool_choice", "required")

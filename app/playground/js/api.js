@@ -57,3 +57,16 @@ export async function* streamChunks(apiKey, sessionId, body, signal) {
     }
   }
 }
+
+// The server's verdict on a request body, without generating: null if it passes, else its OpenAI error.
+export async function checkRequest(apiKey, body) {
+  const response = await fetch("/v1/playground/check", {
+    method: "POST", headers: requestHeaders(apiKey), body: JSON.stringify(body),
+  });
+  if (response.ok) return null;
+  try {
+    return (await response.json()).error;
+  } catch {
+    return { message: `${response.status} ${response.statusText}`, param: null };
+  }
+}

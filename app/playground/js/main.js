@@ -1,5 +1,5 @@
 // The playground page: a conversation with the served model, its settings, and the request as code.
-import { complete, listModels, streamChunks } from "./api.js";
+import { checkRequest, complete, listModels, streamChunks } from "./api.js";
 import { GENERATORS } from "./code.js";
 import { parseTools } from "./tools.js";
 
@@ -74,6 +74,26 @@ function composedMessages() {
     out.push({ role: "user", content: text });
   }
   return out;
+}
+
+// Tools are checked twice as they are typed: at once in the page (JSON, names), then by the server with the
+// chat route's own rules (valid and enforceable schemas, the model's tool format), shown beside the field.
+let toolsCheck = 0;
+function checkTools() {
+  const local = parseTools($("tools").value);
+  $("tools-error").textContent = local.error;
+  clearTimeout(toolsCheck);
+  if (local.error || !local.tools) return;
+  const text = $("tools").value;
+  toolsCheck = setTimeout(async () => {
+    const { body } = buildRequest([{ role: "user", content: "check" }]);
+    delete body.stream;
+    delete body.stream_options;
+    const error = await checkRequest($("api-key").value, body);
+    if ($("tools").value !== text) return;  // typed on meanwhile: a newer check is coming
+    const concerns = error && /^(tools|tool_choice)/.test(error.param || "");
+    $("tools-error").textContent = concerns ? error.message : "";
+  }, 300);
 }
 
 function updateCode() {
@@ -298,7 +318,8 @@ function init() {
   $("input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); });
   $("clear").addEventListener("click", clearConversation);
   $("session").addEventListener("change", () => { state.sentInSession = 0; updateCode(); });
-  $("tools").addEventListener("input", () => { $("tools-error").textContent = parseTools($("tools").value).error; });
+  $("tools").addEventListener("input", checkTools);
+  $("tool_choice").addEventListener("change", checkTools);
   for (const id of ["system", "input", "model", "temperature", "top_p", "max_tokens", "stop", "seed", "stream",
                     "effort", "reasoning_budget", "reasoning_exclude", "tools", "tool_choice", "session"]) {
     $(id).addEventListener("input", updateCode);
