@@ -135,7 +135,8 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             served = state.get("served")
             if served is not None:
                 await served.engine.close()
-            usage.save(state.limits.take_changed())  # the requests that just finished too
+            # every total, not only the changed ones: a flush cut short by the cancellation may not have landed
+            usage.save(state.limits.usage())
             usage.close()
             state.sessions.store.close()
             state.heap.stop()
