@@ -75,7 +75,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_tools: int = 128  # tools per request
     max_schema_bytes: int = 65_536  # all tool and response_format schemas of a request, as JSON
     max_schema_depth: int = 32  # nesting depth of one schema
+    max_optional_properties: int = 256  # optional properties of one schema object (llguidance's limit is ~500)
     grammar_cache_entries: int = 128  # compiled grammars kept by content hash
+    # Checking a request's schemas (a child process; docs/security.md): over budget -> 400 schema_too_complex
+    grammar_budget_s: float = 2.0  # time for all schema checks of one request
+    grammar_memory_bytes: int = 512 * MiB  # address space of one checking process
+    grammar_workers: int = 2  # checking processes at once
     # Sessions (docs/sessions.md)
     sessions_path: str | None = None  # SQLite file of session transcripts; None = <data_dir>/sessions.sqlite3
     session_idle_timeout_s: float = 86_400.0  # a session unused for this long is forgotten
@@ -120,7 +125,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                     "max_message_chars", "max_n",
                     "max_stop", "max_queue", "image_pixels_low", "image_pixels_auto", "image_pixels_high",
                     "image_max_source_pixels", "image_max_bytes", "image_connect_timeout_s",
-                    "image_fetch_timeout_s", "max_tools", "max_schema_bytes", "max_schema_depth")
+                    "image_fetch_timeout_s", "max_tools", "max_schema_bytes", "max_schema_depth",
+                    "grammar_budget_s", "grammar_memory_bytes", "grammar_workers", "max_optional_properties")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SettingsError(f"{key} must be positive")

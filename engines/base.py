@@ -83,6 +83,7 @@ class EngineRequest:
     logprobs: bool = False  # log-probability of each sampled token
     top_logprobs: int = 0  # how many alternatives per position
     session_key: str | None = None  # "<key digest>:<session id>": a routing hint, same session same worker
+    tenant: str | None = None  # who sent it (an API key's digest): batch slots are shared fairly between tenants
     images: list[EngineImage] = field(default_factory=list)  # in prompt order
     constraint: Constraint | None = None
     thinking: ThinkingBudget | None = None  # only for engines whose `thinking_budgets` is true

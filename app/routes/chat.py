@@ -40,6 +40,9 @@ def decode_body(body: bytes) -> ChatCompletionRequest:
         raise from_decode_error(exc) from None
     except RecursionError:  # msgspec's own guard against hostile nesting
         raise APIError(400, "The JSON body is nested too deeply", code="invalid_json") from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings only when it builds them
+        raise APIError(400, f"The body is not valid UTF-8 ({exc.reason} in a string)",
+                       code="invalid_json") from None
 
 
 @post(CHAT_PATHS, status_code=200)
@@ -53,12 +56,13 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
     if session_id is not None:
         check_session_id(session_id)
     # Without configured keys every client is one anonymous key (see app/limits.py).
-    permit = state.limits.admit(owner_of(bearer if state.key_store.enabled else None))
+    tenant = owner_of(bearer if state.key_store.enabled else None)
+    permit = state.limits.admit(tenant)
     lease = None
     try:
         if session_id is not None:
             lease = await state.sessions.acquire(owner_of(bearer), session_id)
-        response = await _respond(req, state, served, model_id, lease, permit)
+        response = await _respond(req, state, served, model_id, lease, permit, tenant)
     except BaseException:
         _release(permit, lease)
         raise
@@ -74,10 +78,11 @@ def _release(permit: Permit, lease: Lease | None) -> None:
 
 
 async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
-                   lease: Lease | None, permit: Permit) -> Response[bytes] | Stream:
+                   lease: Lease | None, permit: Permit, tenant: str) -> Response[bytes] | Stream:
     turn = merge(lease.transcript, req.messages) if lease is not None else None
-    plan = await pipeline.plan_request(req, state.settings, served, model_id, session=turn)
+    plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker, session=turn)
     plan.observers = [state.metrics.observer(), permit]
+    plan.engine_request.tenant = tenant  # the engine shares its batch fairly between keys
     REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
     headers = {"X-Request-ID": plan.request_id}
     if lease is not None and turn is not None:

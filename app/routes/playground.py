@@ -37,5 +37,5 @@ async def check_request(request: Request, state: State) -> Response[bytes]:
     served = served_model(state)
     resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
-    await checked_tools(req, state.settings, served)
+    await checked_tools(req, state.settings, served, state.grammar_checker)
     return Response(encode(RequestCheck()), media_type="application/json")
