@@ -497,3 +497,28 @@ def test_admission_is_fair_across_tenants(fp32: LoadedModel, decoder: Decoder, c
     alone = manual_greedy(decoder, prompt, steps)
     for choices in results:
         assert tokens_of(choices[0]) == alone
+
+
+def test_a_grammar_that_gives_up_mid_reply_ends_in_an_error(fp32: LoadedModel, chat_ids) -> None:
+    """llguidance stops after '{' for 700 optional properties (more items in a row than it allows): the request
+    ends with a 400 schema_too_complex error, never a reply cut short and marked "stop" (issue 18)."""
+    from tools.grammar import constraint, json_or_calls_grammar
+
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(700)}}
+    req = request(chat_ids("Give me JSON."), max_new_tokens=16)
+    req.constraint = constraint(json_or_calls_grammar(schema, None, None, parallel=True))
+
+    async def body(engine: EmbeddedEngine) -> tuple[list[EngineEvent], EngineError | None]:
+        events: list[EngineEvent] = []
+        try:
+            async for event in engine.generate(req):
+                events.append(event)
+        except EngineError as exc:
+            return events, exc
+        return events, None
+
+    events, error = run_engine(fp32, body)
+    assert error is not None, f"ended normally: {[e.text for e in events]}"
+    assert (error.status, error.code) == (400, "schema_too_complex")
+    assert "2000" in str(error) and len(str(error)) < 500
+    assert all(e.finish_reason is None for e in events)
