@@ -30,6 +30,11 @@ _TYPES = {
 }
 
 
+def clip(text: str, limit: int = 100) -> str:
+    """A client's string as an error message shows it: whole up to `limit` characters, else its start and "…"."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  type: str | None = None, headers: dict[str, str] | None = None) -> None:

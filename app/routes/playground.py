@@ -20,7 +20,7 @@ from litestar.response.file import ASGIFileResponse
 
 from app.protocol import encode
 from app.resources import RequestCheck
-from app.routes.chat import decode_body
+from app.routes.chat import json_body
 from app.routes.health import served_model
 from app.validation import resolve_model, validate_request
 from chat.pipeline import checked_tools
@@ -77,7 +77,7 @@ def playground_router() -> Router:
 async def check_request(request: Request, state: State) -> Response[bytes]:
     """Check a chat-completions body exactly as the chat route does, tools and schemas included (their
     grammar compiled), without generating: the playground shows the error beside the field it names."""
-    req = decode_body(await request.body())
+    req = await json_body(request)
     served = served_model(state)
     resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
