@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +20,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.routes.playground import PAGE_DIR, page_files
+from tests.app.live import asgi_request, serving
 from tests.app.test_api_fake_engine import make_app
 
 PAGE = {name: path.read_bytes() for name, path in page_files().items()}
@@ -34,26 +32,6 @@ TRAVERSALS = ["/playground/../main.py", "/playground/..%2fmain.py", "/playground
               "/playground/" + "a/" * 3000, "/playground/%ff%fe", "/playground/index.html%20"]
 
 
-async def call(app: Litestar, raw: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """One request for the raw (still percent-encoded) path, decoded as uvicorn decodes it."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": urllib.parse.unquote(raw), "raw_path": raw.encode("ascii"), "query_string": b"",
-             "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "headers": []}
-    incoming = [{"type": "http.request", "body": b"", "more_body": False}]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    return start["status"], headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-
-
 @pytest.fixture(scope="module")
 def app() -> Iterator[tuple[Litestar, TestClient]]:
     application = make_app(api_keys=("sk-right",))  # the page's files need no key even so
@@ -63,7 +41,7 @@ def app() -> Iterator[tuple[Litestar, TestClient]]:
 
 def get(app: tuple[Litestar, TestClient], raw: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     application, client = app
-    return client.blocking_portal.call(call, application, raw, method)
+    return client.blocking_portal.call(asgi_request, application, method, raw)
 
 
 def check(status: int, headers: dict[str, str], body: bytes, method: str = "GET") -> None:
@@ -125,20 +103,8 @@ def test_the_listing_is_made_of_the_folder_only() -> None:
 
 @pytest.fixture(scope="module")
 def real_server() -> Iterator[int]:
-    import uvicorn
-
-    config = uvicorn.Config(make_app(), host="127.0.0.1", port=0, log_level="warning", log_config=None,
-                            access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="playground-files-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.05)
-    yield server.servers[0].sockets[0].getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(make_app()) as port:
+        yield port
 
 
 @pytest.mark.parametrize("raw", ISSUE_18 + ["/playground/" + "a" * 5000, "/playground/..%2f..%2fpyproject.toml"])

@@ -1,10 +1,14 @@
 """Headers that change how a request is read (issue 18), with the fake engine: a body that says it is not JSON
-is refused with 415 (docs/parameters.md, the decoding rules)."""
+is refused with 415 (docs/parameters.md, the decoding rules), and more than one Authorization header with
+400 (docs/security.md)."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +16,9 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from app.routes.chat import is_json_media_type
+from tests.app.live import asgi_request, serving
 from tests.app.test_api_fake_engine import CHAT, CHAT_V3, assert_error, body, make_app
+from tests.app.test_hardening import PUBLIC
 
 CHECK = "/v1/playground/check"
 ROUTES = [CHAT, CHAT_V3, CHECK]
@@ -104,3 +110,106 @@ def test_any_other_media_type_is_a_415_naming_it(client: TestClient, content_typ
 def test_json_media_types_are_read(client: TestClient, content_type: str, path: str) -> None:
     assert is_json_media_type(content_type)
     assert post(client, path, content_type).status_code == 200
+
+
+# -- Authorization ------------------------------------------------------------------------------------------
+
+RIGHT, ADMIN = "Bearer sk-right", "Bearer adm-right"
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Iterator[TestClient]:
+    app = make_app(api_keys=("sk-right",), admin_keys=("adm-right",))
+    with TestClient(app) as c:
+        yield c
+
+
+def lines(client: TestClient, method: str, path: str, values: list[str]) -> tuple[int, dict[str, Any]]:
+    """A request with one Authorization line per value (an HTTP client would fold them into one line)."""
+    headers = [("content-type", "application/json"), *(("authorization", v) for v in values)]
+    status, _, raw = client.blocking_portal.call(asgi_request, client.app, method, path, headers,
+                                                 json.dumps(body()).encode())
+    return status, json.loads(raw)
+
+
+def refused(status: int, payload: dict[str, Any]) -> None:
+    assert status == 400, payload
+    error = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["code"] == "multiple_authorization_headers" and "sk-" not in error["message"]
+
+
+def protected_routes(client: TestClient) -> list[tuple[str, str]]:
+    """Every method and path of the app but the public ones (the route table, as test_hardening walks it)."""
+    found = []
+    for route in client.app.routes:
+        if route.path in PUBLIC:
+            continue
+        path = re.sub(r"\{[^}:]+(:[^}]+)?\}", "some-id", route.path)
+        found += [(method, path) for method in sorted(route.methods - {"HEAD", "OPTIONS"})]
+    return found
+
+
+def test_one_authorization_header_still_works(keyed: TestClient) -> None:
+    assert lines(keyed, "POST", CHAT, [RIGHT])[0] == 200
+    assert lines(keyed, "GET", "/v1/admin/usage", [ADMIN])[0] == 200
+    assert lines(keyed, "POST", CHAT, ["Bearer sk-wrong"])[0] == 401
+
+
+@pytest.mark.parametrize("values", [[RIGHT, "Bearer sk-wrong"], ["Bearer sk-wrong", RIGHT], [RIGHT, RIGHT],
+                                    [RIGHT, ""], [ADMIN, RIGHT]])
+def test_two_authorization_headers_are_a_400_whatever_their_order(keyed: TestClient, values: list[str]) -> None:
+    routes = protected_routes(keyed)
+    assert ("POST", CHAT) in routes and ("GET", "/v1/admin/usage") in routes
+    for method, path in routes:
+        refused(*lines(keyed, method, path, values))
+
+
+def test_lines_folded_into_one_are_refused_too(keyed: TestClient) -> None:
+    """An HTTP client, or a proxy, joins repeated lines with a comma; no Bearer token holds one."""
+    folded = keyed.post(CHAT, json=body(), headers=[("Authorization", RIGHT), ("Authorization", "Bearer x")])
+    assert_error(folded, 400, code="multiple_authorization_headers")
+    refused(*lines(keyed, "POST", CHAT, [f"{RIGHT}, Bearer sk-wrong"]))
+
+
+def test_the_public_routes_ignore_authorization_headers(keyed: TestClient) -> None:
+    for path in ("/health", "/playground/"):
+        status, _, _ = keyed.blocking_portal.call(asgi_request, keyed.app, "GET", path,
+                                                  [("authorization", RIGHT), ("authorization", "Bearer x")])
+        assert status == 200, path
+
+
+def test_without_keys_two_headers_are_refused_too(client: TestClient) -> None:
+    """Without keys the bearer token still names the owner of a session (docs/sessions.md)."""
+    refused(*lines(client, "POST", CHAT, ["Bearer a", "Bearer b"]))
+    refused(*lines(client, "GET", "/v1/sessions/s1", ["Bearer a", "Bearer b"]))
+
+
+header_values = st.sampled_from([RIGHT, ADMIN, "Bearer sk-wrong", "", "Basic dXNlcjpwYXNz", "bearer sk-right"]) | \
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
+
+
+@FEW
+@given(st.lists(header_values, min_size=2, max_size=4), st.sampled_from([CHAT, CHAT_V3, CHECK, "/v1/models"]))
+def test_any_repeated_authorization_is_refused(keyed: TestClient, values: list[str], path: str) -> None:
+    refused(*lines(keyed, "GET" if path == "/v1/models" else "POST", path, values))
+
+
+def test_two_authorization_headers_on_a_real_server() -> None:
+    """On the wire, as issue 18 sent them: uvicorn hands both lines to the app, which refuses them."""
+    with serving(make_app(api_keys=("sk-right",))) as port:
+        for values in ([RIGHT, "Bearer sk-wrong"], ["Bearer sk-wrong", RIGHT]):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                raw = json.dumps(body()).encode()
+                connection.putrequest("POST", CHAT)
+                for value in values:
+                    connection.putheader("Authorization", value)
+                connection.putheader("Content-Type", "application/json")
+                connection.putheader("Content-Length", str(len(raw)))
+                connection.endheaders(raw)
+                response = connection.getresponse()
+                payload = json.loads(response.read())
+            finally:
+                connection.close()
+            refused(response.status, payload)
