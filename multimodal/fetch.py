@@ -27,6 +27,7 @@ from .errors import (
     INVALID_IMAGE,
     INVALID_IMAGE_URL,
     ImageError,
+    clip,
 )
 from .media_files import read_media_file
 from .policy import ImagePolicy, host_matches
@@ -132,12 +133,13 @@ def _check_url(url: httpx.URL, policy: ImagePolicy, *, redirected: bool) -> None
         raise ImageError(f"the image URL's port {url.port} is out of range", INVALID_IMAGE_URL)
     literal = parse_ip_literal(host)
     if literal is None and not _HOST_NAME.match(host):
-        raise ImageError(f"the image URL's host {url.host!r} is not a valid host name", INVALID_IMAGE_URL)
+        raise ImageError(f"the image URL's host {clip(url.host)!r} is not a valid host name", INVALID_IMAGE_URL)
     # Deny lists also match an IP literal's canonical form, so "2130706433" cannot dodge "127.0.0.1".
     if host_matches(host, policy.deny_hosts) or (literal is not None and host_matches(str(literal), policy.deny_hosts)):
-        raise ImageError(f"fetching images from {url.host} is not allowed on this server", IMAGE_URL_REFUSED)
+        raise ImageError(f"fetching images from {clip(url.host)} is not allowed on this server", IMAGE_URL_REFUSED)
     if policy.allow_hosts and not host_matches(host, policy.allow_hosts):
-        raise ImageError(f"{url.host} is not among the hosts this server fetches images from", IMAGE_URL_REFUSED)
+        raise ImageError(f"{clip(url.host)} is not among the hosts this server fetches images from",
+                         IMAGE_URL_REFUSED)
 
 
 async def _checked_addresses(url: httpx.URL, policy: ImagePolicy, resolve: Resolver, *,
@@ -154,7 +156,7 @@ async def _checked_addresses(url: httpx.URL, policy: ImagePolicy, resolve: Resol
             continue
         subject = "the redirect target's host" if redirected else "the image URL's host"
         if literal is None:
-            subject += f" {url.host} resolves to"
+            subject += f" {clip(url.host)} resolves to"
         elif str(literal) != host:
             subject += f" {host} is"  # an unusual spelling such as 2130706433 or 0x7f.1
         else:
@@ -169,18 +171,18 @@ async def _resolve(host: str, port: int, resolve: Resolver) -> list[IPAddress]:
         answers = await resolve(host, port)
     except (OSError, UnicodeError) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ImageError(f"could not resolve host {host} ({detail})", IMAGE_FETCH_FAILED) from None
+        raise ImageError(f"could not resolve host {clip(host)} ({clip(detail)})", IMAGE_FETCH_FAILED) from None
     addresses: list[IPAddress] = []
     for answer in answers:
         try:
             address = ipaddress.ip_address(str(answer).split("%", 1)[0])
         except ValueError:
-            raise ImageError(f"could not resolve host {host} (invalid address {answer!r})",
+            raise ImageError(f"could not resolve host {clip(host)} (invalid address {clip(repr(answer))})",
                              IMAGE_FETCH_FAILED) from None
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise ImageError(f"could not resolve host {host} (no addresses)", IMAGE_FETCH_FAILED)
+        raise ImageError(f"could not resolve host {clip(host)} (no addresses)", IMAGE_FETCH_FAILED)
     return addresses
 
 
@@ -240,7 +242,7 @@ def _require_image(head: bytes, url: httpx.URL) -> None:
 
 
 def _transport_error(exc: Exception, url: httpx.URL, address: IPAddress | None = None) -> ImageError:
-    host = url.host + (f" ({address})" if address is not None and str(address) != url.host else "")
+    host = clip(url.host) + (f" ({address})" if address is not None and str(address) != url.host else "")
     if isinstance(exc, httpx.InvalidURL):
         return ImageError(f"the server at {host} sent an unusable redirect ({_reason(exc)})", IMAGE_FETCH_FAILED)
     if isinstance(exc, httpx.ConnectTimeout):

@@ -17,7 +17,7 @@ import jsonschema
 import llguidance
 import msgspec
 
-from app.errors import APIError
+from app.errors import APIError, clip
 
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # JSON output is written as json.dumps writes it (what models are trained on); no whitespace games.
@@ -91,15 +91,17 @@ def _check(schema: Any, param: str, *, object_root: bool) -> str:
     if not isinstance(schema, dict):
         raise _invalid(f"'{param}' must be a JSON Schema object", param)
     if object_root and schema.get("type", "object") != "object":
-        raise _invalid(f"'{param}' must describe a JSON object (\"type\": \"object\"), got type "
-                       f"{schema.get('type')!r}", param)
+        kind = schema.get("type")
+        shown = repr(clip(kind)) if isinstance(kind, str) else clip(repr(kind))
+        raise _invalid(f"'{param}' must describe a JSON object (\"type\": \"object\"), got type {shown}", param)
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        raise _invalid(f"'{param}{where}' is not a valid JSON Schema: {exc.message}", f"{param}{where}") from None
+        raise _invalid(f"'{param}{where}' is not a valid JSON Schema: {clip(exc.message, 300)}",
+                       f"{param}{where}") from None
     except (jsonschema.exceptions.UnknownType, ValueError, TypeError) as exc:
-        raise _invalid(f"'{param}' is not a valid JSON Schema: {exc}", param) from None
+        raise _invalid(f"'{param}' is not a valid JSON Schema: {clip(str(exc), 300)}", param) from None
     grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error or messages:
@@ -111,7 +113,7 @@ def _check(schema: Any, param: str, *, object_root: bool) -> str:
             where = f"{param}.{inner}" if inner else param
             problem = (f"the keyword '{unimplemented.group(1)}' is not supported by constrained decoding "
                        "(see docs/tools.md for the supported subset)")
-        raise _invalid(f"'{where}' cannot be enforced: {problem}", where, "unsupported_schema")
+        raise _invalid(f"'{where}' cannot be enforced: {clip(problem, 300)}", where, "unsupported_schema")
     return grammar
 
 
