@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from .addresses import IPAddress, parse_ip_literal, refusal_reason
+from .addresses import LOOPBACK, IPAddress, is_localhost_name, parse_ip_literal, refusal_reason
 from .errors import (
     IMAGE_FETCH_FAILED,
     IMAGE_FETCH_TIMEOUT,
@@ -39,6 +39,7 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 _SNIFF_BYTES = 12  # enough to tell the four formats apart (RIFF....WEBP is the longest signature)
 _HEADERS = {"User-Agent": "lodestar-image-fetch", "Accept": "image/*", "Accept-Encoding": "identity"}
+_LOCATION = "lodestar.location"  # where a redirect's Location waits for the fetch loop (see _hold_location)
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -73,14 +74,15 @@ async def _fetch(url: str, policy: ImagePolicy, resolve: Resolver, verify: ssl.S
     # for a different host name, whose TLS session would carry the wrong SNI and certificate.
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout,
                                  limits=httpx.Limits(max_keepalive_connections=0),
-                                 verify=verify or _default_ssl_context()) as client:
+                                 verify=verify or _default_ssl_context(),
+                                 event_hooks={"response": [_hold_location]}) as client:
         for hop in range(policy.max_redirects + 1):
             _check_url(current, policy, redirected=hop > 0)
             addresses = await _checked_addresses(current, policy, resolve, redirected=hop > 0)
             response = await _send(client, current, addresses)
             try:
                 status = response.status_code
-                location = response.headers.get("location")
+                location = response.extensions.get(_LOCATION)
                 if status in _REDIRECTS and location:
                     try:
                         current = current.join(location.strip())
@@ -98,6 +100,17 @@ async def _fetch(url: str, policy: ImagePolicy, resolve: Resolver, verify: ssl.S
             finally:
                 await response.aclose()
     raise ImageError(f"too many redirects (more than {policy.max_redirects})", IMAGE_FETCH_FAILED)
+
+
+async def _hold_location(response: httpx.Response) -> None:
+    """Take a redirect's Location off the response before httpx reads it.
+
+    httpx builds the next request from a Location even when it does not follow redirects, and fails with
+    its own InvalidURL on some (a `data:` URL among them), which would turn a refused redirect into a
+    failed fetch. The fetch loop reads the Location here instead and checks the target like any hop."""
+    if "location" in response.headers:
+        response.extensions[_LOCATION] = response.headers["location"]
+        del response.headers["location"]
 
 
 def _parse(url: str | httpx.URL) -> httpx.URL:
@@ -144,10 +157,16 @@ def _check_url(url: httpx.URL, policy: ImagePolicy, *, redirected: bool) -> None
 
 async def _checked_addresses(url: httpx.URL, policy: ImagePolicy, resolve: Resolver, *,
                              redirected: bool) -> list[IPAddress]:
-    """The addresses to connect to, each vetted; a literal is used as is, a name is resolved once."""
+    """The addresses to connect to, each vetted; a literal is used as is, a localhost name is loopback, any
+    other name is resolved once."""
     host = url.raw_host.decode("ascii")
     literal = parse_ip_literal(host)
-    addresses = [literal] if literal is not None else await _resolve(host, _port(url), resolve)
+    if literal is not None:
+        addresses: list[IPAddress] = [literal]
+    elif is_localhost_name(host):
+        addresses = list(LOOPBACK)
+    else:
+        addresses = await _resolve(host, _port(url), resolve)
     if host_matches(host, policy.private_hosts):
         return addresses
     for address in addresses:
