@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.errors import APIError, invalid
+from app.errors import APIError, clip, invalid
 from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, TextPart, ToolMessage, UserMessage
 from app.settings import Settings
 from engines.base import ModelInfo
@@ -15,7 +15,7 @@ _NAME = re.compile(r"[a-zA-Z0-9_]{1,64}")
 def resolve_model(name: str, info: ModelInfo) -> str:
     if name == info.id or name in info.aliases:
         return info.id
-    raise APIError(404, f"The model '{name}' does not exist or you do not have access to it. "
+    raise APIError(404, f"The model '{clip(name)}' does not exist or you do not have access to it. "
                    f"This server serves '{info.id}' (aliases: {', '.join(info.aliases) or 'none'}).",
                    param="model", code="model_not_found")
 

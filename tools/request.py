@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import APIError, invalid
+from app.errors import APIError, clip, invalid
 from app.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice
 from app.settings import Settings
 from engines.base import Constraint
@@ -63,7 +63,7 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
     for i, tool in enumerate(tools):
         name = tool.function.name
         if not NAME.fullmatch(name):
-            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {name!r}",
+            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {clip(name)!r}",
                           f"tools[{i}].function.name", "invalid_tool_name")
         if name in schemas:
             raise invalid(f"'tools[{i}].function.name': the name {name!r} is used by more than one tool",
@@ -80,7 +80,7 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
         check_schema(schema, param, object_root=param.startswith("tools"), checker=checker, deadline=deadline)
 
     if isinstance(choice, NamedToolChoice) and choice.function.name not in schemas:
-        raise invalid(f"'tool_choice' names the function {choice.function.name!r}, which is not among the tools",
+        raise invalid(f"'tool_choice' names the function {clip(choice.function.name)!r}, which is not among the tools",
                       "tool_choice.function.name", "unknown_tool")
     plan = ToolPlan(schemas=schemas)
     offered = bool(tools) and choice != "none"

@@ -19,7 +19,7 @@ import jsonschema
 import llguidance
 import msgspec
 
-from app.errors import APIError
+from app.errors import APIError, clip
 from tools.checker import Deadline, GrammarBusy, GrammarChecker, GrammarTooComplex
 
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -105,8 +105,9 @@ def _check(schema: Any, param: str, *, object_root: bool, checker: GrammarChecke
     if not isinstance(schema, dict):
         raise _invalid(f"'{param}' must be a JSON Schema object", param)
     if object_root and schema.get("type", "object") != "object":
-        raise _invalid(f"'{param}' must describe a JSON object (\"type\": \"object\"), got type "
-                       f"{schema.get('type')!r}", param)
+        kind = schema.get("type")
+        shown = repr(clip(kind)) if isinstance(kind, str) else clip(repr(kind))
+        raise _invalid(f"'{param}' must describe a JSON object (\"type\": \"object\"), got type {shown}", param)
     huge = _huge_integer(schema, param)
     if huge is not None:
         raise _invalid(f"'{huge}' holds an integer beyond 64 bits, which constrained decoding cannot represent",
@@ -115,18 +116,19 @@ def _check(schema: Any, param: str, *, object_root: bool, checker: GrammarChecke
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        raise _invalid(f"'{param}{where}' is not a valid JSON Schema: {exc.message}", f"{param}{where}") from None
+        raise _invalid(f"'{param}{where}' is not a valid JSON Schema: {clip(exc.message, 300)}",
+                       f"{param}{where}") from None
     except (jsonschema.exceptions.UnknownType, ValueError, TypeError) as exc:
-        raise _invalid(f"'{param}' is not a valid JSON Schema: {exc}", param) from None
+        raise _invalid(f"'{param}' is not a valid JSON Schema: {clip(str(exc), 300)}", param) from None
     endless = _endless_reference(schema)
     if endless is not None:
-        raise _invalid(f"'{param}' has no finite instance: every value of '{endless}' must contain another one",
+        raise _invalid(f"'{param}' has no finite instance: every value of '{clip(endless)}' must contain another one",
                        param, "unsupported_schema")
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         is_error, messages = checker.validate(grammar, deadline)
     except ValueError as exc:
-        raise _invalid(f"'{param}' cannot be enforced: {exc}"[:500], param, "unsupported_schema") from None
+        raise _invalid(f"'{param}' cannot be enforced: {clip(str(exc), 300)}", param, "unsupported_schema") from None
     except GrammarTooComplex as exc:
         raise _invalid(f"'{param}' is too complex to enforce: {exc}", param, "schema_too_complex") from None
     except GrammarBusy as exc:
@@ -144,7 +146,7 @@ def _check(schema: Any, param: str, *, object_root: bool, checker: GrammarChecke
         elif "Unable to determine if regex is empty" in problem:  # llguidance gave up on an intersection
             raise _invalid(f"'{param}' is too complex to enforce: its patterns cannot be intersected", param,
                            "schema_too_complex")
-        raise _invalid(f"'{where}' cannot be enforced: {problem}", where, "unsupported_schema")
+        raise _invalid(f"'{where}' cannot be enforced: {clip(problem, 300)}", where, "unsupported_schema")
     return grammar
 
 
