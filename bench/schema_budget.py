@@ -36,6 +36,18 @@ def rss_mib() -> float:
     return 0.0
 
 
+def machine() -> dict[str, str]:
+    """The CPU model and its vector flags: results are compared only within one machine."""
+    info = {"cpu": "", "flags": ""}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not info["cpu"]:
+            info["cpu"] = value.strip()
+        elif key.strip() == "flags" and not info["flags"]:
+            info["flags"] = " ".join(f for f in value.split() if f.startswith(("avx", "amx", "fma", "sse4")))
+    return info
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,12,14,16,18,20,40,100,200")
@@ -57,7 +69,8 @@ def main() -> None:
                      "server_rss_mib": round(rss_mib(), 1)})
         print(rows[-1], flush=True)
     checker.close()
-    result = {"budget_s": args.budget, "memory_mib": args.memory_mib, "rss_before_mib": round(before, 1),
+    result = {"machine": machine(), "budget_s": args.budget, "memory_mib": args.memory_mib,
+              "rss_before_mib": round(before, 1),
               "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"schema-budget-{time.strftime('%Y%m%d-%H%M%S')}.json"
