@@ -71,6 +71,10 @@ def document(settings: Settings, models: list[str] | None = None) -> dict[str, A
     types = [op.ok for op in OPERATIONS if op.ok] + [op.request for op in OPERATIONS if op.request]
     _, components = msgspec.json.schema_components([*dict.fromkeys(types), ChatCompletionChunk, ErrorResponse],
                                                    ref_template="#/components/schemas/{name}")
+    # logit_bias is decoded by app/validation.py from its raw JSON (msgspec.Raw has no schema of its own).
+    components["ChatCompletionRequest"]["properties"]["logit_bias"] = {"anyOf": [
+        {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "number"},
+         "description": "token id -> bias added to its logit before sampling"}, {"type": "null"}]}
     if models:
         components["ChatCompletionRequest"]["properties"]["model"] = {"type": "string", "enum": models}
     keys = bool(settings.api_keys)

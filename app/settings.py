@@ -64,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_n: int = 8
     max_stop: int = 4
     max_top_logprobs: int = 20
+    max_logit_bias: int = 300  # entries of a request's logit_bias (OpenAI's limit); 0 refuses any entry
     max_tokens_limit: int | None = None  # upper bound for max_tokens; None = the context length
     # Request defaults (OpenAI's unless set)
     default_temperature: float = 1.0
@@ -146,7 +147,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
         for key in ("max_concurrent_per_key", "requests_per_minute", "tokens_per_minute", "max_images",
                     "image_max_redirects", "image_cache_entries", "vision_cache_entries",
-                    "grammar_cache_entries", "prefix_cache_bytes"):
+                    "grammar_cache_entries", "prefix_cache_bytes", "max_logit_bias"):
             if getattr(self, key) < 0:
                 raise SettingsError(f"{key} must be >= 0")
         if self.image_media_dir is not None and not Path(self.image_media_dir).expanduser().is_dir():

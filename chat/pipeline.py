@@ -17,6 +17,7 @@ from app.protocol import (
     Usage,
 )
 from app.settings import Settings
+from app.validation import logit_bias
 from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.reasoning import ReasoningMode, ReasoningSyntax, decide
 from chat.sessions import SessionTurn, continue_prompt
@@ -176,6 +177,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
         stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
         stop=tuple(stops) if reasoning is None or not reasoning.section else (),
+        logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size),  # validated already
     )
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
