@@ -77,7 +77,7 @@ def _path_of_key(schema: Any, key: str, path: str = "") -> str | None:
 # per tool), and a schema refused for its cost is refused again at once.
 _VERDICTS: OrderedDict[str, str | APIError] = OrderedDict()
 _VERDICT_ENTRIES = 512
-_INT_RANGE = 1 << 63  # llguidance holds integers in 64 bits
+_INT_RANGE = 1 << 63  # llguidance holds integers as signed 64-bit numbers
 
 
 def check_schema(schema: Any, param: str, *, object_root: bool, checker: GrammarChecker, deadline: Deadline) -> str:
@@ -155,7 +155,7 @@ def _huge_integer(value: Any, path: str) -> str | None:
     stack = [(value, path)]
     while stack:
         node, where = stack.pop()
-        if isinstance(node, int) and not isinstance(node, bool) and not -_INT_RANGE <= node < 2 * _INT_RANGE:
+        if isinstance(node, int) and not isinstance(node, bool) and not -_INT_RANGE <= node < _INT_RANGE:
             return where
         if isinstance(node, dict):
             stack.extend((child, f"{where}.{name}") for name, child in node.items())

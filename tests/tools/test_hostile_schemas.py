@@ -100,7 +100,7 @@ def test_busy_checkers_answer_503_not_a_wrong_verdict() -> None:
     one.close()
 
 
-HUGE = st.one_of(st.integers(min_value=1 << 64), st.integers(max_value=-(1 << 63) - 1))
+HUGE = st.one_of(st.integers(min_value=1 << 63), st.integers(max_value=-(1 << 63) - 1))
 KEYWORD = st.sampled_from(["maximum", "minimum", "const", "default", "multipleOf", "exclusiveMaximum"])
 
 
