@@ -288,7 +288,7 @@ class LodestarHTTP(HttpToolsProtocol):
         self._lingering = True
         self._cancel_timers()
         self._unset_keepalive_if_required()
-        if not self._raw.can_write_eof():
+        if self._raw.is_closing() or not self._raw.can_write_eof():
             self._raw.close()
             return
         now = self.loop.time()
