@@ -123,6 +123,20 @@ def test_half_open_connections_are_closed_while_others_are_served(server):
     assert httpx.get(f"{server.base_url}/health", timeout=5).status_code == 200
 
 
+def test_trickled_headers_get_408_at_the_deadline(server):
+    """A header line every 0.2 s keeps coming, but the deadline is for all of the headers (slowloris)."""
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for _ in range(100):
+            if time.monotonic() - started > HEADER_TIMEOUT_S + 0.5:
+                break
+            sock.sendall(b"X-Slow: y\r\n")
+            time.sleep(0.2)
+        data, _ = read_until_closed(sock, SLACK_S)
+    assert_refused(data, 408, "header_timeout")
+
+
 def test_silent_connection_is_closed_without_an_answer(server):
     with connect(server) as sock:
         data, after = read_until_closed(sock, HEADER_TIMEOUT_S + SLACK_S)
@@ -174,7 +188,7 @@ def test_stalled_bodies_get_408(server, kind):
                 except OSError:
                     break
                 time.sleep(0.2)
-        data, after = read_until_closed(sock, BODY_TIMEOUT_S + SLACK_S)
+        data, _ = read_until_closed(sock, BODY_TIMEOUT_S + SLACK_S)
     assert_refused(data, 408, "body_timeout")
 
 
