@@ -3,19 +3,13 @@
 uvicorn's httptools protocol bounds none of it: a connection that stops half-way through its headers or its
 body is held as long as the client likes, and so is a megabyte of headers; and a response sent before the
 body was read (413, 401) is followed by a plain close, so the kernel resets the connection while the client
-is still sending, often before it has read the response. LodestarHTTP is that protocol with:
-
-- a header deadline (header_timeout_s) from the connection, or from the first byte of a later request: 408;
-- a size limit on the request line and headers (max_header_bytes): 431;
-- a Content-Length over max_body_bytes: 413 at once, before the body is read (a chunked body that grows too
-  large gets Litestar's 413 as the app reads it);
-- a deadline for the whole body after the headers (body_timeout_s): 408;
-- our keepalive_timeout_s for uvicorn's idle keep-alive timer;
-- a lingering close, like nginx's, whenever the client may still be sending: the response, then the write
-  side shut down, and what comes in is read and dropped until the client closes, is quiet for
-  LINGER_QUIET_S, or LINGER_S has passed. Only then is the socket closed: the client has read its answer.
-
-Refusals are OpenAI-shaped JSON errors with `Connection: close`.
+is still sending, often before it has read the response. LodestarHTTP is that protocol with a header
+deadline (header_timeout_s: 408), a header size limit (max_header_bytes: 431), a Content-Length over
+max_body_bytes refused before the body is read (413; a chunked body that grows too large gets Litestar's
+413), a deadline for the whole body (body_timeout_s: 408), our keepalive_timeout_s for uvicorn's idle timer,
+and a lingering close, like nginx's, whenever the client may still be sending: the response, then the write
+side shut down, and what comes in is read and dropped until the client closes, is quiet for LINGER_QUIET_S,
+or LINGER_S has passed. Refusals are OpenAI-shaped JSON errors with `Connection: close`.
 """
 
 from __future__ import annotations
