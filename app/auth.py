@@ -44,11 +44,25 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def several_credentials(lines: list[str]) -> bool:
+    """Whether the Authorization header lines carry more than one credential: several lines, or one Bearer
+    line with a comma (repeated lines folded into one, as proxies and some servers do; a Bearer token never
+    holds a comma, RFC 6750)."""
+    return len(lines) > 1 or (len(lines) == 1 and "," in lines[0] and lines[0].lstrip().lower().startswith("bearer"))
+
+
 def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Litestar guard on every route: none for routes marked public, an admin key for routes marked admin
-    (which answer 403 while no admin key is configured), an API key for the rest when keys are configured."""
+    (which answer 403 while no admin key is configured), an API key for the rest when keys are configured.
+    On every route but the public ones, more than one Authorization header is a 400, keys or not: without
+    keys the bearer token still decides whose sessions a request reaches."""
     if handler.opt.get("public"):
         return
+    presented = connection.headers.getall("authorization", [])
+    if several_credentials(presented):  # which one counts would be a guess (a proxy may have added one)
+        raise APIError(400, "The request has more than one Authorization header (or one that joins several with "
+                       "commas); send exactly one: 'Authorization: Bearer YOUR_KEY'.",
+                       code="multiple_authorization_headers")
     admin = bool(handler.opt.get("admin"))
     store: KeyStore = connection.app.state.admin_key_store if admin else connection.app.state.key_store
     if not store.enabled:
@@ -56,7 +70,7 @@ def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> No
             raise APIError(403, "Admin routes are disabled: no admin keys are configured (admin_keys).",
                            code="admin_disabled")
         return
-    token = bearer_token(connection.headers.get("authorization"))
+    token = bearer_token(presented[0] if presented else None)
     if token is None:
         raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
                        code="missing_api_key")

@@ -30,13 +30,24 @@ _TYPES = {
 }
 
 
+ECHO_CHARS = 100  # of a client's string quoted in an error message (a model name, a tag, a path, …)
+MESSAGE_CHARS = 1000  # of any error message, whatever it quotes
+PARAM_CHARS = 500  # of `param`, which may carry a client's schema keys
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """A client's string as an error message shows it: whole up to `limit` characters, else its start and "…"."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  type: str | None = None, headers: dict[str, str] | None = None) -> None:
+        message = clip(message, MESSAGE_CHARS)  # the last guard: an error never carries a request's bulk back
         super().__init__(message)
         self.status = status
         self.message = message
-        self.param = param
+        self.param = clip(param, PARAM_CHARS) if param is not None else None
         self.code = code
         self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         self.headers = headers or {}
@@ -66,6 +77,14 @@ def _split_path(text: str) -> tuple[str, str | None]:
     return text[:at], path.removeprefix(".") or None
 
 
+def _clip_quoted(message: str) -> str:
+    """msgspec quotes the client's value in some messages ("Invalid enum value '…'"): clip that value."""
+    first, last = message.find("'"), message.rfind("'")
+    if 0 <= first < last:
+        return message[: first + 1] + clip(message[first + 1 : last]) + message[last:]
+    return message
+
+
 def from_decode_error(exc: msgspec.DecodeError) -> APIError:
     """Turn msgspec's message ("Expected `int`, got `str` - at `$.n`") into a 400 naming the param."""
     message, param = _split_path(str(exc))
@@ -77,11 +96,12 @@ def from_decode_error(exc: msgspec.DecodeError) -> APIError:
                             code="missing_required_parameter")
         bad_tag = _BAD_TAG.match(message)
         if bad_tag and param and param.endswith(".type") and ".content[" in param:
-            return APIError(400, f"Unsupported content part type '{bad_tag.group(1)}' at '{param}': this server "
+            return APIError(400, f"Unsupported content part type '{clip(bad_tag.group(1))}' at '{param}': this server "
                             "accepts 'text' and 'image_url' parts.", param=param, code="invalid_content_part")
         if bad_tag and param and param.endswith(".role"):
-            return APIError(400, f"Unsupported message role '{bad_tag.group(1)}' at '{param}': expected system, "
+            return APIError(400, f"Unsupported message role '{clip(bad_tag.group(1))}' at '{param}': expected system, "
                             "developer, user, assistant or tool.", param=param, code="invalid_type")
+        message = _clip_quoted(message)
         if param:
             message = f"Invalid request: {message} at '{param}'"
         return APIError(400, message, param=param, code="invalid_type")
@@ -107,9 +127,10 @@ def handle_api_error(request: Request, exc: APIError) -> Response[bytes]:
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
     """Litestar's own errors (404 route, 405, 413 body size, …) in OpenAI's shape."""
     status = exc.status_code
+    path = clip(request.url.path)
     messages = {
-        404: f"Unknown path: {request.method} {request.url.path}",
-        405: f"Method {request.method} is not allowed on {request.url.path}",
+        404: f"Unknown path: {clip(request.method)} {path}",
+        405: f"Method {clip(request.method)} is not allowed on {path}",
         413: "The request body is larger than the server accepts (see max_body_bytes)",
     }
     codes = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}

@@ -28,6 +28,7 @@ from app.usage_store import FLUSH_INTERVAL_S, UsageStore
 from chat.pipeline import ServedModel
 from sessions.manager import SessionManager
 from sessions.store import SessionStore
+from tools.checker import GrammarBudget, GrammarChecker
 
 log = logging.getLogger("lodestar")
 
@@ -140,6 +141,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             usage.close()
             state.sessions.store.close()
             state.heap.stop()
+            state.grammar_checker.close()
 
     state = State({"settings": settings, "key_store": KeyStore(settings.api_keys),
                    "admin_key_store": KeyStore(settings.admin_keys), "served": None, "load_error": None,
@@ -149,6 +151,8 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
                                         tokens_per_minute=settings.tokens_per_minute)})
     state.sessions.on_forget = forget_in_engine(state)
     state.heap = HeapTrimmer(settings.heap_trim_interval_s)
+    state.grammar_checker = GrammarChecker(GrammarBudget(
+        settings.grammar_budget_s, settings.grammar_memory_bytes, settings.grammar_workers))
     state.metrics = Metrics(state)
     return Litestar(
         route_handlers=[*ROUTES, *([playground_router()] if settings.playground else [])],

@@ -41,7 +41,7 @@ class Operation:
     extra_ok: dict[str, Any] = field(default_factory=dict)  # more media types of the 200 answer
 
 
-CHAT_ERRORS = (400, 404, 409, 413, 429, 501, 503, 504)
+CHAT_ERRORS = (400, 404, 409, 413, 415, 429, 501, 503, 504)
 OPERATIONS = [
     *(Operation("post", path, "Create a chat completion (OpenAI-compatible); with stream=true, server-sent events",
                 ChatCompletion, CHAT_ERRORS, request=ChatCompletionRequest, parameters=(SESSION_HEADER,),
@@ -51,7 +51,7 @@ OPERATIONS = [
       for path in ("/v1/chat/completions", "/api/v3/inference/chat/completions")),
     Operation("get", "/v1/models", "The served model", ModelList, (503,)),
     Operation("post", "/v1/playground/check", "Check a chat-completions body as the chat route would, without "
-              "generating (the playground's field checks)", RequestCheck, (400, 404, 413, 501, 503),
+              "generating (the playground's field checks)", RequestCheck, (400, 404, 413, 415, 501, 503),
               request=ChatCompletionRequest),
     Operation("get", "/v1/sessions/{session_id}", "A session's transcript and token totals", Session,
               (400, 404), parameters=(SESSION_ID,)),
@@ -71,6 +71,10 @@ def document(settings: Settings, models: list[str] | None = None) -> dict[str, A
     types = [op.ok for op in OPERATIONS if op.ok] + [op.request for op in OPERATIONS if op.request]
     _, components = msgspec.json.schema_components([*dict.fromkeys(types), ChatCompletionChunk, ErrorResponse],
                                                    ref_template="#/components/schemas/{name}")
+    # logit_bias is decoded by app/validation.py from its raw JSON (msgspec.Raw has no schema of its own).
+    components["ChatCompletionRequest"]["properties"]["logit_bias"] = {"anyOf": [
+        {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "number"},
+         "description": "token id -> bias added to its logit before sampling"}, {"type": "null"}]}
     if models:
         components["ChatCompletionRequest"]["properties"]["model"] = {"type": "string", "enum": models}
     keys = bool(settings.api_keys)
@@ -126,6 +130,7 @@ _DESCRIPTIONS = {
     404: "Unknown model or session",
     409: "Another request on the same session is running",
     413: "The body is larger than max_body_bytes",
+    415: "The Content-Type is not JSON (a request without one is read as JSON)",
     429: "A queue or rate limit; see Retry-After",
     501: "The engine cannot do what the request asks (for example grammars on some SGLang workers)",
     503: "The engine is not ready, or a request waited past the queue timeout; see Retry-After",

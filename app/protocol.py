@@ -160,6 +160,9 @@ class ChatCompletionRequest(msgspec.Struct):
     reasoning: Reasoning | None = None
     reasoning_effort: Effort | None = None  # OpenAI's spelling
     prompt_truncate_len: int | None = None  # seed 003: drop the oldest turns to fit this many prompt tokens
+    # token id (a string of decimal digits) -> bias. Kept as the raw JSON: app/validation.py bounds its size
+    # before anything is built from it (a 32 MiB body could hold millions of entries). Empty when absent.
+    logit_bias: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 # -- responses ------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_n: int = 8
     max_stop: int = 4
     max_top_logprobs: int = 20
+    max_logit_bias: int = 300  # entries of a request's logit_bias (OpenAI's limit); 0 refuses any entry
     max_tokens_limit: int | None = None  # upper bound for max_tokens; None = the context length
     # Request defaults (OpenAI's unless set)
     default_temperature: float = 1.0
@@ -80,7 +81,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_tools: int = 128  # tools per request
     max_schema_bytes: int = 65_536  # all tool and response_format schemas of a request, as JSON
     max_schema_depth: int = 32  # nesting depth of one schema
+    max_optional_properties: int = 256  # optional properties of one schema object (llguidance's limit is ~500)
     grammar_cache_entries: int = 128  # compiled grammars kept by content hash
+    # Checking a request's schemas (a child process; docs/security.md): over budget -> 400 schema_too_complex
+    grammar_budget_s: float = 2.0  # time for all schema checks of one request
+    grammar_memory_bytes: int = 512 * MiB  # address space of one checking process
+    grammar_workers: int = 2  # checking processes at once
     # Sessions (docs/sessions.md)
     sessions_path: str | None = None  # SQLite file of session transcripts; None = <data_dir>/sessions.sqlite3
     session_idle_timeout_s: float = 86_400.0  # a session unused for this long is forgotten
@@ -126,7 +132,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                     "max_stop", "max_queue", "image_pixels_low", "image_pixels_auto", "image_pixels_high",
                     "image_max_source_pixels", "image_max_bytes", "image_connect_timeout_s",
                     "image_fetch_timeout_s", "max_tools", "max_schema_bytes", "max_schema_depth",
-                    "header_timeout_s", "body_timeout_s", "max_header_bytes", "keepalive_timeout_s")
+                    "header_timeout_s", "body_timeout_s", "max_header_bytes", "keepalive_timeout_s",
+                    "grammar_budget_s", "grammar_memory_bytes", "grammar_workers", "max_optional_properties")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise SettingsError(f"{key} must be positive")
@@ -146,7 +153,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SettingsError("threads must be >= 0 and queue_timeout_s > 0")
         for key in ("max_concurrent_per_key", "requests_per_minute", "tokens_per_minute", "max_images",
                     "image_max_redirects", "image_cache_entries", "vision_cache_entries",
-                    "grammar_cache_entries", "prefix_cache_bytes"):
+                    "grammar_cache_entries", "prefix_cache_bytes", "max_logit_bias"):
             if getattr(self, key) < 0:
                 raise SettingsError(f"{key} must be >= 0")
         if self.image_media_dir is not None and not Path(self.image_media_dir).expanduser().is_dir():

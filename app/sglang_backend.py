@@ -36,13 +36,13 @@ def build_sglang_model(settings: Settings) -> ServedModel:
         if launcher is not None:
             launcher.wait_healthy(settings.sglang_startup_timeout_s)
         facts: RuntimeFacts = _first_facts(urls, model_path, settings)
-        tokenizer, model_type = _tokenizer(settings.tokenizer or model_path)
+        tokenizer, model_type, vocab_size = _tokenizer(settings.tokenizer or model_path)
         family = detect_family(model_type, tokenizer.chat_template)
         workers = [Worker(url, connect_timeout_s=settings.sglang_connect_timeout_s,
                           read_timeout_s=settings.sglang_read_timeout_s, retry_s=settings.sglang_retry_s,
                           api_key=settings.sglang_api_key) for url in urls]
         engine = SGLangEngine(workers, facts, tokenizer=tokenizer, family=family.name, model_type=model_type,
-                              aliases=aliases, context_length=settings.context_length,
+                              aliases=aliases, context_length=settings.context_length, vocab_size=vocab_size,
                               health_interval_s=settings.sglang_health_interval_s,
                               on_close=launcher.stop if launcher is not None else None)
     except BaseException:
@@ -94,9 +94,10 @@ def _first_facts(urls: list[str], model_path: str, settings: Settings) -> Any:
         time.sleep(2.0)
 
 
-def _tokenizer(source: str) -> tuple[Any, str]:
-    """The model's tokenizer and type from a local folder, or from the local Hugging Face cache (which
-    SGLang fills when it downloads the model): Lodestar itself never downloads."""
+def _tokenizer(source: str) -> tuple[Any, str, int]:
+    """The model's tokenizer, type and vocabulary size (the width of its logits, which SGLang checks
+    logit_bias ids against) from a local folder, or from the local Hugging Face cache (which SGLang fills
+    when it downloads the model): Lodestar itself never downloads."""
     from transformers import AutoConfig, AutoTokenizer
 
     from engines.embedded.loader import folder_chat_template
@@ -106,5 +107,7 @@ def _tokenizer(source: str) -> tuple[Any, str]:
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if not getattr(tokenizer, "chat_template", None) and local.is_dir():
         tokenizer.chat_template = folder_chat_template(local)
-    model_type = AutoConfig.from_pretrained(source, **kwargs).model_type
-    return tokenizer, model_type
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    text_config = getattr(config, "text_config", None) or config  # vision models keep it there
+    vocab_size = getattr(text_config, "vocab_size", None) or getattr(config, "vocab_size", None) or len(tokenizer)
+    return tokenizer, config.model_type, int(vocab_size)

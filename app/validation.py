@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import re
 
-from app.errors import APIError, invalid
+import msgspec
+
+from app.errors import APIError, clip, invalid
 from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, TextPart, ToolMessage, UserMessage
 from app.settings import Settings
 from engines.base import ModelInfo
 
 _NAME = re.compile(r"[a-zA-Z0-9_]{1,64}")
 
+# logit_bias is read from its raw JSON, which the decoder has already found well-formed.
+_WS = re.compile(rb"[ \t\n\r]*")
+_KEY = re.compile(rb'"(?:[^"\\]|\\.){0,64}"')  # a JSON string of at most 64 bytes (a token id is shorter)
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_ECHO = 32  # characters of a wrong key quoted in the error
+BIAS_LIMIT = 100.0  # OpenAI's range for a bias: [-100, 100]
+
 
 def resolve_model(name: str, info: ModelInfo) -> str:
     if name == info.id or name in info.aliases:
         return info.id
-    raise APIError(404, f"The model '{name}' does not exist or you do not have access to it. "
+    raise APIError(404, f"The model '{clip(name)}' does not exist or you do not have access to it. "
                    f"This server serves '{info.id}' (aliases: {', '.join(info.aliases) or 'none'}).",
                    param="model", code="model_not_found")
 
@@ -26,6 +35,76 @@ def _range(value: float | int | None, name: str, low: float, high: float, *, low
     if value != value or value > high or value < low or (low_open and value == low):  # NaN fails too
         bracket = "(" if low_open else "["
         raise invalid(f"'{name}' must be in {bracket}{low:g}, {high:g}], got {value}", name)
+
+
+def _echo(text: str) -> str:
+    return text if len(text) <= _ECHO else text[:_ECHO] + "..."
+
+
+def _past_space(data: memoryview, pos: int) -> int:
+    space = _WS.match(data, pos)
+    return space.end() if space is not None else pos
+
+
+def _not_a_token(key: str, vocab_size: int | None) -> APIError:
+    ids = f"0 to {vocab_size - 1}" if vocab_size is not None else "0 or more"
+    return invalid(f"'logit_bias' key '{_echo(key)}' is not a token id of this model (ids are {ids})", "logit_bias")
+
+
+def _token_id(key: str, vocab_size: int | None) -> int:
+    negative = key.startswith("-")
+    digits = key[1:] if negative else key
+    if not (digits.isascii() and digits.isdigit()):
+        raise invalid(f"'logit_bias' keys must be token ids written as decimal integers, got '{_echo(key)}'",
+                      "logit_bias")
+    token = int(digits)  # at most 64 digits (the key pattern): far below int()'s digit limit
+    if negative or (vocab_size is not None and token >= vocab_size):
+        raise _not_a_token(key, vocab_size)
+    return token
+
+
+def logit_bias(raw: msgspec.Raw, limit: int, vocab_size: int | None) -> dict[int, float]:
+    """The request's `logit_bias` as {token id: bias}; {} when it is absent or null.
+
+    It is read from the raw JSON one entry at a time, so entry `limit` + 1 is refused before anything bigger
+    than `limit` entries exists: a 32 MiB body holds millions of entries, and a dict of them all would cost
+    seconds and hundreds of MiB. Each step's work is linear in the bytes it passes (the patterns are bounded),
+    and a key longer than 64 bytes, which no token id is, is refused unread.
+    """
+    data = memoryview(raw)
+    if not data or data == b"null":
+        return {}
+    if data[:1] != b"{":
+        raise invalid("'logit_bias' must be an object that maps token ids to numbers", "logit_bias",
+                      "invalid_type")
+    bias: dict[int, float] = {}
+    entries = 0
+    pos = _past_space(data, 1)
+    if data[pos : pos + 1] == b"}":
+        return bias
+    while True:  # at a key
+        entries += 1
+        if entries > limit:
+            raise invalid(f"'logit_bias' has more than {limit} entries; the limit is {limit}", "logit_bias")
+        key_match = _KEY.match(data, pos)
+        if key_match is None:  # longer than any token id: only its start is read, and quoted
+            raise _not_a_token(bytes(data[pos + 1 : pos + 2 + _ECHO]).decode("utf-8", "replace"), vocab_size)
+        key = msgspec.json.decode(key_match.group())
+        token = _token_id(key, vocab_size)
+        pos = _past_space(data, _past_space(data, key_match.end()) + 1)  # past the ':'
+        number = _NUMBER.match(data, pos)
+        if number is None:  # a string, object, array, boolean or null
+            raise invalid(f"'logit_bias' values must be numbers; the value of '{_echo(key)}' is not",
+                          "logit_bias", "invalid_type")
+        value = float(number.group())
+        if not -BIAS_LIMIT <= value <= BIAS_LIMIT:
+            raise invalid(f"'logit_bias' values must be in [-100, 100], got {value} for '{_echo(key)}'",
+                          "logit_bias")
+        bias[token] = value  # a token named twice ("7" and "07"): the later value counts, as with JSON keys
+        pos = _past_space(data, number.end())
+        if data[pos : pos + 1] == b"}":
+            return bias
+        pos = _past_space(data, pos + 1)  # past the ','
 
 
 def _check_size(content: object, i: int, settings: Settings) -> None:
@@ -108,3 +187,4 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
             raise invalid("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
     if req.stream_options is not None and not req.stream:
         raise invalid("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size)

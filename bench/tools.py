@@ -30,7 +30,10 @@ from chat.families import FAMILIES
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import resolve_model_folder
 from tests.conftest import ROOT
+from tools.checker import GrammarChecker
 from tools.request import plan_tools
+
+CHECKER = GrammarChecker()  # the server's schema checks, in child processes
 
 
 def ten_tools(salt: str = "") -> list[dict]:
@@ -55,7 +58,7 @@ class _Renderer:
 def _plan(renderer: _Renderer, salt: str):
     body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "tools": ten_tools(salt),
             "tool_choice": "required"}
-    return plan_tools(request_decoder.decode(msgspec.json.encode(body)), Settings(), renderer)
+    return plan_tools(request_decoder.decode(msgspec.json.encode(body)), Settings(), renderer, CHECKER)
 
 
 def compile_times(tokenizer, repeats: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from app.protocol import (
     Usage,
 )
 from app.settings import Settings
+from app.validation import logit_bias
 from chat.images import collect_images, expand_placeholders, prepare_images
 from chat.reasoning import ReasoningMode, ReasoningSyntax, decide
 from chat.sessions import SessionTurn, continue_prompt
@@ -24,6 +26,7 @@ from chat.tokens import TokenTexts
 from chat.truncate import truncate
 from engines.base import Engine, EngineError, EngineRequest, SamplingParams
 from multimodal.loader import ImageLoader
+from tools.checker import GrammarChecker
 from tools.request import ToolPlan, plan_tools
 
 # Rendering a very long conversation (jinja + tokenizer) is moved off the event loop.
@@ -83,11 +86,17 @@ class Reply:
     usage: Usage
 
 
-async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: ServedModel) -> ToolPlan:
+async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
+                        checker: GrammarChecker) -> ToolPlan:
     """The tools stage, its grammar compiled by the engine: every tools or schema error is raised here."""
     if not (req.tools or req.response_format or req.tool_choice):
         return ToolPlan()
-    tools = await asyncio.to_thread(plan_tools, req, settings, served.renderer)  # schema checks: off the loop
+    cancelled = threading.Event()  # a client that leaves stops its schema checks (tools/checker.py)
+    try:
+        tools = await asyncio.to_thread(plan_tools, req, settings, served.renderer, checker, cancelled)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
     if tools.constraint is not None:
         try:
             await asyncio.to_thread(served.engine.prepare_constraint, tools.constraint)
@@ -98,10 +107,10 @@ async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: 
 
 
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
-                       model_id: str, session: SessionTurn | None = None) -> Plan:
+                       model_id: str, checker: GrammarChecker, session: SessionTurn | None = None) -> Plan:
     renderer = served.renderer
     info = served.engine.model_info
-    tools = await checked_tools(req, settings, served)
+    tools = await checked_tools(req, settings, served, checker)
     messages = session.messages if session is not None else req.messages
     truncate_to = req.prompt_truncate_len or settings.prompt_truncate_len
     truncated = False
@@ -168,6 +177,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
         stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
         stop=tuple(stops) if reasoning is None or not reasoning.section else (),
+        logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size),  # validated already
     )
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from app.errors import invalid
+from app.errors import clip, invalid
 from app.protocol import (
     AssistantMessage,
     Content,
@@ -84,7 +84,7 @@ class PromptRenderer:
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
                                                       tokenize=False, **extra)
         except Exception as exc:  # the template's own raise_exception(), e.g. role order rules
-            raise invalid(f"The model's chat template rejected the messages: {exc}", "messages",
+            raise invalid(f"The model's chat template rejected the messages: {clip(str(exc), 300)}", "messages",
                           "invalid_messages") from exc
 
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:

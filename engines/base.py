@@ -23,6 +23,7 @@ class ModelInfo:
     created: int
     owned_by: str = "lodestar"
     image_token_id: int | None = None  # the placeholder a vision model's prompt repeats once per image token
+    vocab_size: int | None = None  # width of the model's logits: token ids are 0 .. vocab_size - 1 (None: unknown)
 
 
 @dataclass(slots=True)
@@ -41,6 +42,9 @@ class SamplingParams:
     # cuts the text at stop strings itself either way. Empty when stop strings must not apply to all of
     # the output (reasoning is exempt).
     stop: tuple[str, ...] = ()
+    # Added to the logits of these token ids before sampling (OpenAI's logit_bias, validated: ids inside the
+    # vocabulary, values in [-100, 100]). A token the grammar or a stop-token mask bans stays banned.
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,7 @@ class EngineRequest:
     logprobs: bool = False  # log-probability of each sampled token
     top_logprobs: int = 0  # how many alternatives per position
     session_key: str | None = None  # "<key digest>:<session id>": a routing hint, same session same worker
+    tenant: str | None = None  # who sent it (an API key's digest): batch slots are shared fairly between tenants
     images: list[EngineImage] = field(default_factory=list)  # in prompt order
     constraint: Constraint | None = None
     thinking: ThinkingBudget | None = None  # only for engines whose `thinking_budgets` is true

@@ -3,7 +3,9 @@
 Every form that can smuggle an internal address is unwrapped before the check: IPv4-mapped and
 IPv4-compatible IPv6, NAT64 (64:ff9b::/96 and 64:ff9b:1::/48), 6to4 (2002::/16) and Teredo. Host
 literals in the legacy inet_aton spellings (decimal "2130706433", octal "0177.0.0.1", hex "0x7f.1",
-short "127.1") are understood the way the system resolver understands them.
+short "127.1") are understood the way the system resolver understands them, and so is the fully qualified
+spelling with a trailing dot ("127.0.0.1.", which the resolver would otherwise send to DNS as a name).
+Localhost names ("localhost", "*.localhost", RFC 6761) are loopback by definition, never looked up.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+LOOPBACK = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -22,6 +25,8 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     host = host.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif host.endswith(".") and not host.endswith(".."):
+        host = host[:-1]  # the root label: "127.0.0.1." and "0x7f.1." are still those addresses
     try:
         return ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
@@ -32,6 +37,14 @@ def parse_ip_literal(host: str) -> IPAddress | None:
         except OSError:
             return None
     return None
+
+
+def is_localhost_name(host: str) -> bool:
+    """Whether a host name is "localhost" or under it, in any case, with or without the trailing dot: such
+    names always mean the loopback addresses (RFC 6761 section 6.3), whatever DNS might say."""
+    name = host.strip().lower()
+    name = name[:-1] if name.endswith(".") else name
+    return name == "localhost" or name.endswith(".localhost")
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

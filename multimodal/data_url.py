@@ -7,7 +7,7 @@ import binascii
 import string
 import urllib.parse
 
-from .errors import IMAGE_TOO_LARGE, INVALID_IMAGE_URL, ImageError
+from .errors import IMAGE_TOO_LARGE, INVALID_IMAGE_URL, ImageError, clip
 from .sniff import MEDIA_TYPES
 
 _ACCEPTED = ", ".join(MEDIA_TYPES)
@@ -30,11 +30,11 @@ def decode_data_url(url: str, max_bytes: int) -> tuple[str, bytes]:
         raise ImageError(f"the data URL has no media type; use one of {_ACCEPTED}", INVALID_IMAGE_URL)
     if media_type not in MEDIA_TYPES:
         hint = " (write image/jpeg)" if media_type == "image/jpg" else ""
-        raise ImageError(f"unsupported media type {media_type!r} in the data URL{hint}; use one of {_ACCEPTED}",
+        raise ImageError(f"unsupported media type {clip(media_type)!r} in the data URL{hint}; use one of {_ACCEPTED}",
                          INVALID_IMAGE_URL)
     for extra in params[1:-1]:
         if "=" not in extra:
-            raise ImageError(f"malformed data URL parameter {extra!r}", INVALID_IMAGE_URL)
+            raise ImageError(f"malformed data URL parameter {clip(extra)!r}", INVALID_IMAGE_URL)
 
     # Base64 of max_bytes bytes is at most `limit` characters. Whitespace (line wrapping) and %-escapes do not
     # count, so first refuse only what cannot fit even fully escaped, then check exactly after normalizing.

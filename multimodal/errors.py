@@ -11,6 +11,11 @@ IMAGE_TOO_LARGE = "image_too_large"
 INVALID_IMAGE = "invalid_image"
 
 
+def clip(text: str, limit: int = 100) -> str:
+    """A client's string (a host, a path, a media type) as a message quotes it: its start and "…" if long."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class ImageError(Exception):
     """A user-facing failure to load an image; `message` is safe to show the client verbatim."""
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from .addresses import IPAddress, parse_ip_literal, refusal_reason
+from .addresses import LOOPBACK, IPAddress, is_localhost_name, parse_ip_literal, refusal_reason
 from .errors import (
     IMAGE_FETCH_FAILED,
     IMAGE_FETCH_TIMEOUT,
@@ -27,6 +27,7 @@ from .errors import (
     INVALID_IMAGE,
     INVALID_IMAGE_URL,
     ImageError,
+    clip,
 )
 from .media_files import read_media_file
 from .policy import ImagePolicy, host_matches
@@ -38,6 +39,7 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _HOST_NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 _SNIFF_BYTES = 12  # enough to tell the four formats apart (RIFF....WEBP is the longest signature)
 _HEADERS = {"User-Agent": "lodestar-image-fetch", "Accept": "image/*", "Accept-Encoding": "identity"}
+_LOCATION = "lodestar.location"  # where a redirect's Location waits for the fetch loop (see _hold_location)
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -72,14 +74,15 @@ async def _fetch(url: str, policy: ImagePolicy, resolve: Resolver, verify: ssl.S
     # for a different host name, whose TLS session would carry the wrong SNI and certificate.
     async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout,
                                  limits=httpx.Limits(max_keepalive_connections=0),
-                                 verify=verify or _default_ssl_context()) as client:
+                                 verify=verify or _default_ssl_context(),
+                                 event_hooks={"response": [_hold_location]}) as client:
         for hop in range(policy.max_redirects + 1):
             _check_url(current, policy, redirected=hop > 0)
             addresses = await _checked_addresses(current, policy, resolve, redirected=hop > 0)
             response = await _send(client, current, addresses)
             try:
                 status = response.status_code
-                location = response.headers.get("location")
+                location = response.extensions.get(_LOCATION)
                 if status in _REDIRECTS and location:
                     try:
                         current = current.join(location.strip())
@@ -97,6 +100,17 @@ async def _fetch(url: str, policy: ImagePolicy, resolve: Resolver, verify: ssl.S
             finally:
                 await response.aclose()
     raise ImageError(f"too many redirects (more than {policy.max_redirects})", IMAGE_FETCH_FAILED)
+
+
+async def _hold_location(response: httpx.Response) -> None:
+    """Take a redirect's Location off the response before httpx reads it.
+
+    httpx builds the next request from a Location even when it does not follow redirects, and fails with
+    its own InvalidURL on some (a `data:` URL among them), which would turn a refused redirect into a
+    failed fetch. The fetch loop reads the Location here instead and checks the target like any hop."""
+    if "location" in response.headers:
+        response.extensions[_LOCATION] = response.headers["location"]
+        del response.headers["location"]
 
 
 def _parse(url: str | httpx.URL) -> httpx.URL:
@@ -132,20 +146,27 @@ def _check_url(url: httpx.URL, policy: ImagePolicy, *, redirected: bool) -> None
         raise ImageError(f"the image URL's port {url.port} is out of range", INVALID_IMAGE_URL)
     literal = parse_ip_literal(host)
     if literal is None and not _HOST_NAME.match(host):
-        raise ImageError(f"the image URL's host {url.host!r} is not a valid host name", INVALID_IMAGE_URL)
+        raise ImageError(f"the image URL's host {clip(url.host)!r} is not a valid host name", INVALID_IMAGE_URL)
     # Deny lists also match an IP literal's canonical form, so "2130706433" cannot dodge "127.0.0.1".
     if host_matches(host, policy.deny_hosts) or (literal is not None and host_matches(str(literal), policy.deny_hosts)):
-        raise ImageError(f"fetching images from {url.host} is not allowed on this server", IMAGE_URL_REFUSED)
+        raise ImageError(f"fetching images from {clip(url.host)} is not allowed on this server", IMAGE_URL_REFUSED)
     if policy.allow_hosts and not host_matches(host, policy.allow_hosts):
-        raise ImageError(f"{url.host} is not among the hosts this server fetches images from", IMAGE_URL_REFUSED)
+        raise ImageError(f"{clip(url.host)} is not among the hosts this server fetches images from",
+                         IMAGE_URL_REFUSED)
 
 
 async def _checked_addresses(url: httpx.URL, policy: ImagePolicy, resolve: Resolver, *,
                              redirected: bool) -> list[IPAddress]:
-    """The addresses to connect to, each vetted; a literal is used as is, a name is resolved once."""
+    """The addresses to connect to, each vetted; a literal is used as is, a localhost name is loopback, any
+    other name is resolved once."""
     host = url.raw_host.decode("ascii")
     literal = parse_ip_literal(host)
-    addresses = [literal] if literal is not None else await _resolve(host, _port(url), resolve)
+    if literal is not None:
+        addresses: list[IPAddress] = [literal]
+    elif is_localhost_name(host):
+        addresses = list(LOOPBACK)
+    else:
+        addresses = await _resolve(host, _port(url), resolve)
     if host_matches(host, policy.private_hosts):
         return addresses
     for address in addresses:
@@ -154,7 +175,7 @@ async def _checked_addresses(url: httpx.URL, policy: ImagePolicy, resolve: Resol
             continue
         subject = "the redirect target's host" if redirected else "the image URL's host"
         if literal is None:
-            subject += f" {url.host} resolves to"
+            subject += f" {clip(url.host)} resolves to"
         elif str(literal) != host:
             subject += f" {host} is"  # an unusual spelling such as 2130706433 or 0x7f.1
         else:
@@ -169,18 +190,18 @@ async def _resolve(host: str, port: int, resolve: Resolver) -> list[IPAddress]:
         answers = await resolve(host, port)
     except (OSError, UnicodeError) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ImageError(f"could not resolve host {host} ({detail})", IMAGE_FETCH_FAILED) from None
+        raise ImageError(f"could not resolve host {clip(host)} ({clip(detail)})", IMAGE_FETCH_FAILED) from None
     addresses: list[IPAddress] = []
     for answer in answers:
         try:
             address = ipaddress.ip_address(str(answer).split("%", 1)[0])
         except ValueError:
-            raise ImageError(f"could not resolve host {host} (invalid address {answer!r})",
+            raise ImageError(f"could not resolve host {clip(host)} (invalid address {clip(repr(answer))})",
                              IMAGE_FETCH_FAILED) from None
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise ImageError(f"could not resolve host {host} (no addresses)", IMAGE_FETCH_FAILED)
+        raise ImageError(f"could not resolve host {clip(host)} (no addresses)", IMAGE_FETCH_FAILED)
     return addresses
 
 
@@ -240,7 +261,7 @@ def _require_image(head: bytes, url: httpx.URL) -> None:
 
 
 def _transport_error(exc: Exception, url: httpx.URL, address: IPAddress | None = None) -> ImageError:
-    host = url.host + (f" ({address})" if address is not None and str(address) != url.host else "")
+    host = clip(url.host) + (f" ({address})" if address is not None and str(address) != url.host else "")
     if isinstance(exc, httpx.InvalidURL):
         return ImageError(f"the server at {host} sent an unusable redirect ({_reason(exc)})", IMAGE_FETCH_FAILED)
     if isinstance(exc, httpx.ConnectTimeout):

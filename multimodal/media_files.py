@@ -7,7 +7,7 @@ import os
 import stat
 import urllib.parse
 
-from .errors import IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE, IMAGE_URL_REFUSED, INVALID_IMAGE_URL, ImageError
+from .errors import IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE, IMAGE_URL_REFUSED, INVALID_IMAGE_URL, ImageError, clip
 from .policy import ImagePolicy
 
 
@@ -30,30 +30,30 @@ def _read_inside(path: str, media_dir: str, max_bytes: int) -> bytes:
     root = os.path.realpath(media_dir)
     real = os.path.realpath(path)
     if real != root and os.path.commonpath([root, real]) != root:
-        raise ImageError(f"the file {path} is outside the media directory; reading it is not allowed",
+        raise ImageError(f"the file {clip(path)} is outside the media directory; reading it is not allowed",
                          IMAGE_URL_REFUSED)
     # O_NOFOLLOW: a symlink swapped in after the check is not followed; O_NONBLOCK: a FIFO cannot hang us.
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
-        raise ImageError(f"there is no file {path} in the media directory", IMAGE_FETCH_FAILED) from None
+        raise ImageError(f"there is no file {clip(path)} in the media directory", IMAGE_FETCH_FAILED) from None
     except OSError as exc:
-        raise ImageError(f"the file {path} cannot be read ({exc.strerror})", IMAGE_FETCH_FAILED) from None
+        raise ImageError(f"the file {clip(path)} cannot be read ({exc.strerror})", IMAGE_FETCH_FAILED) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ImageError(f"{path} is not a regular file", IMAGE_URL_REFUSED)
+            raise ImageError(f"{clip(path)} is not a regular file", IMAGE_URL_REFUSED)
     except BaseException:
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as f:
         if info.st_size > max_bytes:
-            raise ImageError(f"the file {path} is larger than {max_bytes} bytes", IMAGE_TOO_LARGE)
+            raise ImageError(f"the file {clip(path)} is larger than {max_bytes} bytes", IMAGE_TOO_LARGE)
         try:
             data = f.read(max_bytes + 1)  # +1: notices a file that grew since fstat
         except OSError as exc:
-            raise ImageError(f"the file {path} cannot be read ({exc.strerror})", IMAGE_FETCH_FAILED) from None
+            raise ImageError(f"the file {clip(path)} cannot be read ({exc.strerror})", IMAGE_FETCH_FAILED) from None
     if len(data) > max_bytes:
-        raise ImageError(f"the file {path} is larger than {max_bytes} bytes", IMAGE_TOO_LARGE)
+        raise ImageError(f"the file {clip(path)} is larger than {max_bytes} bytes", IMAGE_TOO_LARGE)
     return data

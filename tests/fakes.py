@@ -19,6 +19,7 @@ EOS_ID = 2
 EOS_PIECE = "<|im_end|>"
 FIRST_ID = 10  # scripted pieces get ids FIRST_ID, FIRST_ID + 1, ...
 DEFAULT_SCRIPT = ("Hello", ",", " world", "!", " How", " are", " you", "?")
+VOCAB_SIZE = 1000  # what the fake model says its vocabulary holds (logit_bias ids are checked against it)
 
 
 class FakeTokenizer:
@@ -92,7 +93,7 @@ class FakeEngine:
                  logprob: float = -0.25, cached_tokens: int = 0, fail_after: int | None = None,
                  resume: bool = False) -> None:
         self.model_info = ModelInfo(id=model_id, aliases=aliases, context_length=context_length,
-                                    vision=vision, family="generic", created=int(time.time()))
+                                    vision=vision, family="generic", created=int(time.time()), vocab_size=VOCAB_SIZE)
         self.script = list(script)
         self.tokenizer = FakeTokenizer(self.script)
         self.logprob = logprob

@@ -3,15 +3,17 @@ and the grammar the engine enforces."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import APIError, invalid
+from app.errors import APIError, clip, invalid
 from app.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice
 from app.settings import Settings
 from engines.base import Constraint
 from tools import grammar as grammars
 from tools.calls import ToolCallParser
+from tools.checker import GrammarChecker
 from tools.schema import EMPTY_OBJECT, NAME, SchemaLimits, check_schema, check_size
 
 
@@ -45,7 +47,9 @@ def _single_token(tokenizer: Any, text: str) -> int | None:
     return int(token_id)
 
 
-def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) -> ToolPlan:
+def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, checker: GrammarChecker,
+               cancelled: threading.Event | None = None) -> ToolPlan:
+    """Blocking (run it off the event loop); `cancelled` set by the caller stops the schema checks."""
     tools = req.tools or []
     choice = req.tool_choice
     if len(tools) > settings.max_tools:
@@ -53,13 +57,13 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) ->
                       "too_many_tools")
     if not tools and choice not in (None, "none", "auto"):
         raise invalid("'tool_choice' requires 'tools'", "tool_choice")
-    limits = SchemaLimits(settings.max_schema_bytes, settings.max_schema_depth)
+    limits = SchemaLimits(settings.max_schema_bytes, settings.max_schema_depth, settings.max_optional_properties)
     schemas: dict[str, dict[str, Any]] = {}
     all_schemas: list[tuple[str, Any]] = []
     for i, tool in enumerate(tools):
         name = tool.function.name
         if not NAME.fullmatch(name):
-            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {name!r}",
+            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {clip(name)!r}",
                           f"tools[{i}].function.name", "invalid_tool_name")
         if name in schemas:
             raise invalid(f"'tools[{i}].function.name': the name {name!r} is used by more than one tool",
@@ -71,11 +75,12 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) ->
     if response_schema is not None:
         all_schemas.append(("response_format.json_schema.schema", response_schema))
     check_size(all_schemas, limits)
+    deadline = checker.deadline(cancelled)  # one budget for all of the request's schemas
     for param, schema in all_schemas:
-        check_schema(schema, param, object_root=param.startswith("tools"))
+        check_schema(schema, param, object_root=param.startswith("tools"), checker=checker, deadline=deadline)
 
     if isinstance(choice, NamedToolChoice) and choice.function.name not in schemas:
-        raise invalid(f"'tool_choice' names the function {choice.function.name!r}, which is not among the tools",
+        raise invalid(f"'tool_choice' names the function {clip(choice.function.name)!r}, which is not among the tools",
                       "tool_choice.function.name", "unknown_tool")
     plan = ToolPlan(schemas=schemas)
     offered = bool(tools) and choice != "none"

@@ -1,8 +1,10 @@
 """Tool and response-format schemas, checked up front: every problem is a 400 that points into the schema.
 
-Three checks, in order: our own bounds (count, size, depth), the JSON Schema metaschema (`jsonschema`), and
-what the grammar engine (llguidance) can enforce. A keyword the grammar cannot express is refused by name,
-never dropped silently: a call that is "constrained" by a schema we ignored would be a lie.
+Four checks, in order: our own bounds (count, size, depth, numbers llguidance can hold), the JSON Schema
+metaschema (`jsonschema`), that the schema has a finite instance at all, and what the grammar engine (llguidance)
+can enforce, in a child process with a time and memory budget (tools/checker.py). A keyword the grammar
+cannot express is refused by name, never dropped silently: a call that is "constrained" by a schema we
+ignored would be a lie.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import jsonschema
 import llguidance
 import msgspec
 
-from app.errors import APIError
+from app.errors import APIError, clip
+from tools.checker import Deadline, GrammarBusy, GrammarChecker, GrammarTooComplex
 
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # JSON output is written as json.dumps writes it (what models are trained on); no whitespace games.
@@ -29,6 +32,9 @@ EMPTY_OBJECT = {"type": "object", "properties": {}}
 class SchemaLimits:
     max_bytes: int  # all schemas of one request, as JSON
     max_depth: int
+    # optional properties of one object: llguidance keeps ~4 parser items per one, and fails mid-generation
+    # past 2,000 items in a row (~500 properties), after the reply has begun
+    max_optional_properties: int = 256
 
 
 def _invalid(message: str, param: str, code: str = "invalid_tool_schema") -> APIError:
@@ -67,43 +73,69 @@ def _path_of_key(schema: Any, key: str, path: str = "") -> str | None:
     return None
 
 
-# Schemas that passed, by their JSON text: agents send the same tools with every request, and the
-# metaschema check costs milliseconds per tool.
-_PASSED: OrderedDict[str, str] = OrderedDict()
-_PASSED_ENTRIES = 512
+# Verdicts by JSON text: agents send the same tools with every request (the metaschema check costs milliseconds
+# per tool), and a schema refused for its cost is refused again at once.
+_VERDICTS: OrderedDict[str, str | APIError] = OrderedDict()
+_VERDICT_ENTRIES = 512
+_INT_RANGE = 1 << 63  # llguidance holds integers in 64 bits
 
 
-def check_schema(schema: Any, param: str, *, object_root: bool) -> str:
+def check_schema(schema: Any, param: str, *, object_root: bool, checker: GrammarChecker, deadline: Deadline) -> str:
     """Check one schema; return its llguidance grammar (the JSON grammar that enforces it)."""
-    key = f"{object_root}:{msgspec.json.encode(schema).decode()}"
-    grammar = _PASSED.get(key)
-    if grammar is not None:
-        _PASSED.move_to_end(key)
-        return grammar
-    grammar = _check(schema, param, object_root=object_root)
-    _PASSED[key] = grammar
-    if len(_PASSED) > _PASSED_ENTRIES:
-        _PASSED.popitem(last=False)
-    return grammar
+    key = f"{object_root}:{param}:{msgspec.json.encode(schema).decode()}"
+    verdict = _VERDICTS.get(key)
+    if verdict is None:
+        try:
+            verdict = _check(schema, param, object_root=object_root, checker=checker, deadline=deadline)
+        except APIError as exc:
+            if exc.code != "schema_too_complex" or deadline.cancelled.is_set():
+                raise
+            verdict = exc
+        _VERDICTS[key] = verdict
+        if len(_VERDICTS) > _VERDICT_ENTRIES:
+            _VERDICTS.popitem(last=False)
+    else:
+        _VERDICTS.move_to_end(key)
+    if isinstance(verdict, APIError):
+        raise APIError(verdict.status, verdict.message, param=verdict.param, code=verdict.code)
+    return verdict
 
 
-def _check(schema: Any, param: str, *, object_root: bool) -> str:
+def _check(schema: Any, param: str, *, object_root: bool, checker: GrammarChecker, deadline: Deadline) -> str:
     if not isinstance(schema, dict):
         raise _invalid(f"'{param}' must be a JSON Schema object", param)
     if object_root and schema.get("type", "object") != "object":
-        raise _invalid(f"'{param}' must describe a JSON object (\"type\": \"object\"), got type "
-                       f"{schema.get('type')!r}", param)
+        kind = schema.get("type")
+        shown = repr(clip(kind)) if isinstance(kind, str) else clip(repr(kind))
+        raise _invalid(f"'{param}' must describe a JSON object (\"type\": \"object\"), got type {shown}", param)
+    huge = _huge_integer(schema, param)
+    if huge is not None:
+        raise _invalid(f"'{huge}' holds an integer beyond 64 bits, which constrained decoding cannot represent",
+                       huge, "unsupported_schema")
     try:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        raise _invalid(f"'{param}{where}' is not a valid JSON Schema: {exc.message}", f"{param}{where}") from None
+        raise _invalid(f"'{param}{where}' is not a valid JSON Schema: {clip(exc.message, 300)}",
+                       f"{param}{where}") from None
     except (jsonschema.exceptions.UnknownType, ValueError, TypeError) as exc:
-        raise _invalid(f"'{param}' is not a valid JSON Schema: {exc}", param) from None
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+        raise _invalid(f"'{param}' is not a valid JSON Schema: {clip(str(exc), 300)}", param) from None
+    endless = _endless_reference(schema)
+    if endless is not None:
+        raise _invalid(f"'{param}' has no finite instance: every value of '{clip(endless)}' must contain another one",
+                       param, "unsupported_schema")
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+        is_error, messages = checker.validate(grammar, deadline)
+    except ValueError as exc:
+        raise _invalid(f"'{param}' cannot be enforced: {clip(str(exc), 300)}", param, "unsupported_schema") from None
+    except GrammarTooComplex as exc:
+        raise _invalid(f"'{param}' is too complex to enforce: {exc}", param, "schema_too_complex") from None
+    except GrammarBusy as exc:
+        raise APIError(503, f"The server is busy checking other schemas ({exc}); retry shortly", param=param,
+                       code="server_busy", headers={"Retry-After": "1"}) from None
     if is_error or messages:
-        problem = " ".join((messages[0] if messages else "unknown error").split())
+        problem = " ".join((messages[0] if messages else "unknown error").split())[:500]
         unimplemented = re.search(r'Unimplemented keys: \["([^"]+)"', problem)
         where = param
         if unimplemented:
@@ -111,8 +143,105 @@ def _check(schema: Any, param: str, *, object_root: bool) -> str:
             where = f"{param}.{inner}" if inner else param
             problem = (f"the keyword '{unimplemented.group(1)}' is not supported by constrained decoding "
                        "(see docs/tools.md for the supported subset)")
-        raise _invalid(f"'{where}' cannot be enforced: {problem}", where, "unsupported_schema")
+        elif "Unable to determine if regex is empty" in problem:  # llguidance gave up on an intersection
+            raise _invalid(f"'{param}' is too complex to enforce: its patterns cannot be intersected", param,
+                           "schema_too_complex")
+        raise _invalid(f"'{where}' cannot be enforced: {clip(problem, 300)}", where, "unsupported_schema")
     return grammar
+
+
+def _huge_integer(value: Any, path: str) -> str | None:
+    """Where the first integer that does not fit in 64 bits is, if any."""
+    stack = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, int) and not isinstance(node, bool) and not -_INT_RANGE <= node < 2 * _INT_RANGE:
+            return where
+        if isinstance(node, dict):
+            stack.extend((child, f"{where}.{name}") for name, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(node))
+    return None
+
+
+_SCALARS = frozenset({"string", "number", "integer", "boolean", "null"})
+
+
+def _endless_reference(schema: dict[str, Any]) -> str | None:
+    """The local $ref that makes the schema impossible to satisfy with a finite value, if one does.
+
+    `{"$defs": {"a": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}, "required": ["a"]}}}`
+    only admits infinite values; the grammar accepts it and a model writes `{"a": ` until it runs out of tokens.
+    A reference is finite once its target is shown to have a finite value (a fixed point over the references);
+    anything else (patterns, bounds) is left to the grammar engine.
+    """
+    targets: dict[str, Any] = {}
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref not in targets:
+                targets[ref] = _resolve(schema, ref)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    finite = {ref: target is None for ref, target in targets.items()}  # unresolvable: llguidance reports it
+    changed = True
+    while changed:
+        changed = False
+        for ref, target in targets.items():
+            if not finite[ref] and _has_finite_value(target, finite):
+                finite[ref] = changed = True
+    if _has_finite_value(schema, finite):
+        return None
+    return next((ref for ref, ok in finite.items() if not ok), "#")
+
+
+def _resolve(root: Any, ref: str) -> Any:
+    if not ref.startswith("#"):
+        return None
+    node = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _has_finite_value(node: Any, finite: dict[str, bool]) -> bool:
+    if not isinstance(node, dict):
+        return node is not False
+    if isinstance(node.get("$ref"), str) and not finite.get(node["$ref"], True):
+        return False
+    if any(not _has_finite_value(sub, finite) for sub in node.get("allOf") or ()):
+        return False
+    for key in ("anyOf", "oneOf"):
+        branches = node.get(key)
+        if isinstance(branches, list) and branches and not any(_has_finite_value(b, finite) for b in branches):
+            return False
+    types = node.get("type")
+    types = {types} if isinstance(types, str) else set(types) if isinstance(types, list) else None
+    if types is None or types & _SCALARS:
+        return True  # a scalar will do (without "type", null among others)
+    if "object" in types:
+        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        extra = node.get("additionalProperties", True)
+        if all(_has_finite_value(properties.get(name, extra), finite) for name in node.get("required") or ()
+               if isinstance(name, str)):
+            return True
+    if "array" in types:
+        needed = node.get("minItems", 0)
+        prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+        items = node.get("items", True)
+        if not isinstance(needed, int) or needed <= 0 or all(
+                _has_finite_value(prefix[i] if i < len(prefix) else items, finite) for i in range(min(needed, 64))):
+            return True
+    return False
 
 
 def check_size(schemas: list[tuple[str, Any]], limits: SchemaLimits) -> None:
@@ -124,6 +253,28 @@ def check_size(schemas: list[tuple[str, Any]], limits: SchemaLimits) -> None:
                            "schema_too_large")
         if _depth(schema, limits.max_depth) > limits.max_depth:
             raise _invalid(f"'{param}' is nested deeper than {limits.max_depth} levels", param, "schema_too_large")
+        crowded = _crowded_object(schema, param, limits.max_optional_properties)
+        if crowded is not None:
+            raise _invalid(f"'{crowded}' has more than {limits.max_optional_properties} optional properties, more "
+                           "than constrained decoding can follow; list some in 'required' or split the object",
+                           crowded, "schema_too_complex")
+
+
+def _crowded_object(schema: Any, path: str, limit: int) -> str | None:
+    """Where an object with more than `limit` optional properties is, if any."""
+    stack = [(schema, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict) and len(properties) > limit:
+                required = node.get("required") if isinstance(node.get("required"), list) else []
+                if len(properties.keys() - {r for r in required if isinstance(r, str)}) > limit:
+                    return where
+            stack.extend((child, f"{where}.{name}") for name, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(node))
+    return None
 
 
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from app.auth import bearer_token
-from app.errors import APIError, from_decode_error
+from app.errors import APIError, clip, from_decode_error
 from app.limits import Permit
 from app.logs import REQUEST_ID
 from app.protocol import ChatCompletionRequest, encode, request_decoder
@@ -33,6 +33,38 @@ def engine_error(exc: EngineError) -> APIError:
     return APIError(exc.status, str(exc), code=exc.code, headers=headers)
 
 
+def is_json_media_type(value: str) -> bool:
+    """application/json or application/<name>+json, any case, with no charset but UTF-8 (RFC 8259: JSON
+    exchanged between systems is UTF-8, and that is all the decoder reads)."""
+    media_type, _, params = value.partition(";")
+    kind, _, subtype = media_type.strip().lower().partition("/")
+    if kind != "application" or not (subtype == "json" or (subtype.endswith("+json") and len(subtype) > 5)):
+        return False
+    for param in params.split(";") if params else ():
+        name, _, param_value = param.partition("=")
+        if name.strip().lower() == "charset" and param_value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+def check_content_type(request: Request) -> None:
+    """Refuse (415) a body that says it is not JSON: form-encoded (curl -d without -H), multipart, text/plain.
+    A request without Content-Type is read as JSON (docs/parameters.md#request-bodies)."""
+    values = request.headers.getall("content-type", [])
+    if not values:
+        return
+    value = ", ".join(values)  # several Content-Type lines make one value, and no valid media type
+    if not is_json_media_type(value):
+        raise APIError(415, f"Unsupported Content-Type '{clip(value)}': this route reads a JSON body; send it with "
+                       "'Content-Type: application/json'.", code="unsupported_media_type")
+
+
+async def json_body(request: Request) -> ChatCompletionRequest:
+    """The chat-completions body of a request: its Content-Type checked, then decoded."""
+    check_content_type(request)
+    return decode_body(await request.body())
+
+
 def decode_body(body: bytes) -> ChatCompletionRequest:
     try:
         return request_decoder.decode(body)
@@ -40,11 +72,14 @@ def decode_body(body: bytes) -> ChatCompletionRequest:
         raise from_decode_error(exc) from None
     except RecursionError:  # msgspec's own guard against hostile nesting
         raise APIError(400, "The JSON body is nested too deeply", code="invalid_json") from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings only when it builds them
+        raise APIError(400, f"The body is not valid UTF-8 ({exc.reason} in a string)",
+                       code="invalid_json") from None
 
 
 @post(CHAT_PATHS, status_code=200)
 async def chat_completions(request: Request, state: State) -> Response[bytes] | Stream:
-    req = decode_body(await request.body())
+    req = await json_body(request)
     served = served_model(state)
     model_id = resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
@@ -53,12 +88,13 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
     if session_id is not None:
         check_session_id(session_id)
     # Without configured keys every client is one anonymous key (see app/limits.py).
-    permit = state.limits.admit(owner_of(bearer if state.key_store.enabled else None))
+    tenant = owner_of(bearer if state.key_store.enabled else None)
+    permit = state.limits.admit(tenant)
     lease = None
     try:
         if session_id is not None:
             lease = await state.sessions.acquire(owner_of(bearer), session_id)
-        response = await _respond(req, state, served, model_id, lease, permit)
+        response = await _respond(req, state, served, model_id, lease, permit, tenant)
     except BaseException:
         _release(permit, lease)
         raise
@@ -74,10 +110,11 @@ def _release(permit: Permit, lease: Lease | None) -> None:
 
 
 async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
-                   lease: Lease | None, permit: Permit) -> Response[bytes] | Stream:
+                   lease: Lease | None, permit: Permit, tenant: str) -> Response[bytes] | Stream:
     turn = merge(lease.transcript, req.messages) if lease is not None else None
-    plan = await pipeline.plan_request(req, state.settings, served, model_id, session=turn)
+    plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker, session=turn)
     plan.observers = [state.metrics.observer(), permit]
+    plan.engine_request.tenant = tenant  # the engine shares its batch fairly between keys
     REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
     headers = {"X-Request-ID": plan.request_id}
     if lease is not None and turn is not None:

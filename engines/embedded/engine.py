@@ -30,13 +30,13 @@ class EmbeddedEngine:
         if loaded.vision:
             assert loaded.folder is not None
             self.vision = QwenVision(loaded.model, loaded.folder, cache_entries=vision_cache_entries)
+        decoder = Decoder(loaded.model)
         self.model_info = ModelInfo(
             id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=self.vision is not None,
             family=family, created=int(time.time()),
-            image_token_id=self.vision.image_token_id if self.vision else None)
+            image_token_id=self.vision.image_token_id if self.vision else None, vocab_size=decoder.vocab_size)
         self.tokenizer: Any = loaded.tokenizer
         self.max_queue = max_queue
-        decoder = Decoder(loaded.model)
         self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, grammar_cache_entries)
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self._scheduler = Scheduler(decoder, loaded.tokenizer, ctx, config, self.vision, self.grammars,

@@ -18,9 +18,20 @@ import llguidance.hf
 import llguidance.torch
 import torch
 
-from engines.base import Constraint
+from engines.base import Constraint, EngineError
 
 log = logging.getLogger("lodestar.grammar")
+# Errors name the problem without the parser state and the whole grammar (a 64 KB schema made 67 KB log lines).
+LIMITS = llguidance.LLParserLimits(verbose_errors=False)
+
+
+class GrammarFailed(EngineError):
+    """The grammar engine gave up in the middle of a reply (a limit of its own): the reply cannot be trusted."""
+
+    def __init__(self, detail: str) -> None:
+        detail = " ".join(detail.split())[:300]
+        super().__init__(f"the schema is too complex to enforce: the grammar engine stopped mid-reply ({detail})",
+                         status=400, code="schema_too_complex")
 
 
 class GrammarCompiler:
@@ -44,7 +55,7 @@ class GrammarCompiler:
                 self.reused += 1
                 return template
         started = time.perf_counter()
-        template = llguidance.LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
+        template = llguidance.LLMatcher(self.tokenizer, constraint.grammar, log_level=0, limits=LIMITS)
         elapsed_ms = (time.perf_counter() - started) * 1000
         if template.is_error():
             raise ValueError(f"the grammar cannot be used: {template.get_error()}")
@@ -77,10 +88,11 @@ class GrammarState:
     def restrict(self, logits: torch.Tensor) -> None:
         """Set the logits of tokens the grammar does not allow next to -inf, in place ([vocab] row)."""
         llguidance.torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        if self.matcher.is_error():  # an errored matcher allows only end-of-sequence: never a silent "stop"
+            raise GrammarFailed(self.matcher.get_error())
         llguidance.torch.apply_token_bitmask_inplace(logits.unsqueeze(0), self.bitmask)
 
     def advance(self, token: int) -> None:
-        if not self.matcher.consume_token(token):
-            # Cannot happen for a token the mask allowed; if it does, the choice ends at the next step
-            # (an errored matcher allows only end-of-sequence).
-            log.error("grammar rejected token %d: %s", token, self.matcher.get_error())
+        if not self.matcher.consume_token(token):  # cannot happen for a token the mask allowed
+            log.error("grammar rejected token %d: %s", token, self.matcher.get_error()[:300])
+            raise GrammarFailed(self.matcher.get_error())

@@ -1,7 +1,9 @@
-"""Per-choice token sampling: penalties, temperature, top-k, top-p, min-p, seeded generators, logprobs.
+"""Per-choice token sampling: penalties, logit bias, temperature, top-k, top-p, min-p, seeded generators,
+logprobs.
 
-Log-probabilities are reported from the model's raw distribution (before penalties and temperature), as
-OpenAI does; sampling uses the adjusted one.
+Log-probabilities are reported from the model's raw distribution: before penalties, logit bias and
+temperature, after the masks the scheduler applies (a grammar's, stop tokens held back). Sampling uses the
+adjusted one. docs/parameters.md#log-probabilities says why.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from engines.base import SamplingParams, TokenLogprob
 
 
 class ChoiceSampler:
-    __slots__ = ("params", "generator", "counts", "want_logprob", "top_n")
+    __slots__ = ("params", "generator", "counts", "want_logprob", "top_n", "bias_ids", "bias_values")
 
     def __init__(self, params: SamplingParams, seed: int | None, vocab_size: int, want_logprob: bool,
                  top_n: int) -> None:
@@ -26,13 +28,19 @@ class ChoiceSampler:
         self.counts = torch.zeros(vocab_size, dtype=torch.float32) if penalised else None
         self.want_logprob = want_logprob or top_n > 0
         self.top_n = top_n
+        bias = params.logit_bias  # two small tensors, built once: one index_add per row
+        self.bias_ids = torch.tensor(list(bias), dtype=torch.long) if bias else None
+        self.bias_values = torch.tensor(list(bias.values()), dtype=torch.float32) if bias else None
 
     def sample(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
-        """Pick the next token from one row of logits ([vocab], float32)."""
+        """Pick the next token from one row of logits ([vocab], float32; -inf marks a banned token)."""
         p = self.params
         adjusted = logits
         if self.counts is not None:
             adjusted = adjusted - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0)
+        if self.bias_ids is not None:
+            # Out of place (the row may be shared, and logprobs read it). A banned token stays -inf.
+            adjusted = adjusted.index_add(0, self.bias_ids, self.bias_values)
         if p.temperature <= 0.0:
             token = int(torch.argmax(adjusted))
         else:

@@ -2,8 +2,10 @@
 
 Each loop iteration admits waiting requests, runs at most one prefill chunk (so a long prompt does not
 stall everyone's decode for long), then one batched decode step over every running choice. Requests join
-and leave the batch between steps (continuous batching). Results go back to the event loop through a
-callback per request; an exception in one request ends that request only.
+and leave the batch between steps (continuous batching). Admission is fair across tenants (API keys): the
+tenant with the fewest choices in the batch goes first, and when the batch is full, a tenant holding at least
+two slots more than a waiting one has its newest choice paused (its KV cache kept) to make room. Results go
+back to the event loop through a callback per request; an exception in one request ends that request only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +106,10 @@ class Choice:
         return token, logprob
 
 
+def _tenant(item: Choice | Group) -> str | None:
+    return (item.group if isinstance(item, Choice) else item).req.tenant
+
+
 def use_one_torch_thread() -> None:
     """Make the calling thread, and threads that first use torch after this call, compute single-threaded.
 
@@ -132,6 +138,7 @@ class Scheduler:
         self._waiting: deque[Group] = deque()
         self._prefilling: deque[Group] = deque()
         self._running: list[Choice] = []
+        self._paused: deque[Choice] = deque()  # taken out of the batch for another tenant; resumed first
         self._thread = threading.Thread(target=self._run, name="lodestar-scheduler", daemon=True)
         self._threads_set = threading.Event()
         self._stopping = False
@@ -178,7 +185,7 @@ class Scheduler:
                     log.exception("scheduler iteration failed")
 
     def _iterate(self) -> None:
-        idle = not (self._waiting or self._prefilling or self._running)
+        idle = not (self._waiting or self._prefilling or self._running or self._paused)
         self._take_inbox(block=idle)
         while not self._calls.empty():
             self._calls.get_nowait()()
@@ -210,6 +217,8 @@ class Scheduler:
             self._prefilling = deque(g for g in self._prefilling if not g.aborted)
         if any(c.group.aborted for c in self._running):
             self._running = [c for c in self._running if not c.group.aborted]
+        if any(c.group.aborted for c in self._paused):
+            self._paused = deque(c for c in self._paused if not c.group.aborted)
 
     def _expire_waiting(self) -> None:
         deadline = time.monotonic() - self.config.queue_timeout_s
@@ -220,14 +229,44 @@ class Scheduler:
                 status=503, code="queue_timeout", retry_after=1.0))
 
     def _admit(self) -> None:
-        reserved = len(self._running) + sum(g.req.n for g in self._prefilling)
-        while self._waiting and reserved + self._waiting[0].req.n <= self.config.max_batch_size:
-            group = self._waiting.popleft()
-            group.admitted_at = time.monotonic()
-            group.cache = self.decoder.new_cache(len(group.req.prompt_ids) + 64)
-            self._reuse_prefix(group)
-            self._prefilling.append(group)
-            reserved += group.req.n
+        """Fill the batch: the tenant with the fewest choices in it first, oldest first within a tenant."""
+        active: Counter[str | None] = Counter(c.group.req.tenant for c in self._running)
+        for group in self._prefilling:
+            active[group.req.tenant] += group.req.n
+        while self._paused or self._waiting:
+            item = min([*self._paused, *self._waiting],
+                       key=lambda i: (active[_tenant(i)], (i.group if isinstance(i, Choice) else i).enqueued_at))
+            tenant, need = _tenant(item), 1 if isinstance(item, Choice) else item.req.n
+            if sum(active.values()) + need > self.config.max_batch_size and not self._make_room(active, tenant, need):
+                return
+            active[tenant] += need
+            if isinstance(item, Choice):
+                self._paused.remove(item)
+                self._running.append(item)
+                continue
+            self._waiting.remove(item)
+            item.admitted_at = time.monotonic()
+            item.cache = self.decoder.new_cache(len(item.req.prompt_ids) + 64)
+            self._reuse_prefix(item)
+            self._prefilling.append(item)
+
+    def _make_room(self, active: Counter[str | None], tenant: str | None, need: int) -> bool:
+        """Pause the newest choices of tenants holding at least two slots more than `tenant` until `need`
+        slots are free (all or nothing); at most max_batch_size choices stay paused (their KV caches are kept)."""
+        counts, running, paused = Counter(active), list(self._running), []
+        while sum(counts.values()) + need > self.config.max_batch_size:
+            victims = [c for c in running if counts[c.group.req.tenant] >= counts[tenant] + 2]
+            if not victims or len(self._paused) + len(paused) >= self.config.max_batch_size:
+                return False
+            victim = max(victims, key=lambda c: (counts[c.group.req.tenant], c.group.admitted_at))
+            running.remove(victim)
+            paused.append(victim)
+            counts[victim.group.req.tenant] -= 1
+        self._running = running
+        self._paused.extend(paused)
+        active.clear()
+        active.update(counts)
+        return True
 
     def _reuse_prefix(self, group: Group) -> None:
         """Start the group's cache with the longest cached prefix of its prompt (never the whole prompt: the
@@ -260,10 +299,14 @@ class Scheduler:
                 self.prefix_cache.insert(group.keys, group.cache, group.req.session_key)
             self._start_choices(group, logits.float())
         except Exception as exc:
-            log.exception("prefill failed for %s", group.req.request_id)
+            if isinstance(exc, EngineError):  # the request's own failure (its grammar gave up)
+                log.warning("request %s failed: %s", group.req.request_id, exc)
+            else:
+                log.exception("prefill failed for %s", group.req.request_id)
             if self._prefilling and self._prefilling[0] is group:
                 self._prefilling.popleft()
-            group.emit(EngineError(f"prefill failed: {exc}"))
+            group.aborted = True  # choices already started leave the batch
+            group.emit(exc if isinstance(exc, EngineError) else EngineError(f"prefill failed: {exc}"))
 
     def _vision_inputs(self, group: Group, chunk: list[int], end: int) -> dict[str, Any]:
         """M-RoPE positions and image embeddings for one prefill chunk of a prompt with images."""
@@ -324,6 +367,10 @@ class Scheduler:
                 token, logprob = choice.pick(logits[row])
                 if self._advance(choice, token, logprob):
                     still.append(choice)
+            except EngineError as exc:  # the request's own failure (its grammar gave up), not the engine's
+                log.warning("request %s failed: %s", choice.group.req.request_id, exc)
+                choice.group.aborted = True
+                choice.group.emit(exc)
             except Exception as exc:
                 log.exception("sampling failed for %s", choice.group.req.request_id)
                 choice.group.aborted = True

@@ -56,7 +56,8 @@ def read_facts(url: str, fallback_id: str, *, api_key: str | None = None) -> Run
 class SGLangEngine:
     def __init__(self, workers: list[Worker], facts: RuntimeFacts, *, tokenizer: Any, family: str,
                  model_type: str, aliases: tuple[str, ...] = (), context_length: int | None = None,
-                 health_interval_s: float = 10.0, on_close: Callable[[], None] | None = None) -> None:
+                 vocab_size: int | None = None, health_interval_s: float = 10.0,
+                 on_close: Callable[[], None] | None = None) -> None:
         self.router = Router(workers)
         self.facts = facts
         self.tokenizer = tokenizer
@@ -72,7 +73,8 @@ class SGLangEngine:
         ctx = facts.context_length or context_length or 4096
         self.model_info = ModelInfo(
             id=facts.model_id, aliases=aliases, context_length=min(ctx, context_length or ctx), vision=vision,
-            family=family, created=int(time.time()), owned_by="sglang", image_token_id=image_token)
+            family=family, created=int(time.time()), owned_by="sglang", image_token_id=image_token,
+            vocab_size=vocab_size)
         self._health_interval_s = health_interval_s
         self._active: dict[str, tuple[Worker, list[str]]] = {}
         self._background: set[asyncio.Task[None]] = set()

@@ -48,6 +48,9 @@ def sampling_params(req: EngineRequest, index: int) -> dict[str, Any]:
     if req.constraint is not None:
         # llguidance reads Lark grammars as "ebnf": the workers run --grammar-backend llguidance.
         params["ebnf"] = req.constraint.grammar
+    if s.logit_bias:
+        # SGLang's own shape: token ids as decimal strings -> floats, added after its grammar mask.
+        params["logit_bias"] = {str(token): bias for token, bias in s.logit_bias.items()}
     return params
 
 

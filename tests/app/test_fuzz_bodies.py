@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from tests.app.test_api_fake_engine import CHAT, make_app
+from tests.fakes import VOCAB_SIZE
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -37,6 +38,8 @@ PLAUSIBLE = {
     "max_tokens": st.integers(1, 20), "max_completion_tokens": st.integers(1, 20), "logprobs": st.booleans(),
     "seed": st.integers(0, 2**31), "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
     "user": st.text(max_size=10), "parallel_tool_calls": st.booleans(),
+    # validated, no longer ignored: ids around both ends of the fake vocabulary, values around ±100
+    "logit_bias": st.dictionaries(st.integers(-2, VOCAB_SIZE + 1).map(str), st.floats(-101, 101), max_size=4),
 }
 user_turn = st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=30)})
 near_valid = st.fixed_dictionaries(

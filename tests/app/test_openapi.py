@@ -46,6 +46,13 @@ def test_the_document_lists_exactly_the_apps_routes(tmp_path: Path) -> None:
         ["fake-model", "fake"]
 
 
+def test_logit_bias_is_described_though_it_is_decoded_from_raw_json() -> None:
+    bias = document(Settings())["components"]["schemas"]["ChatCompletionRequest"]["properties"]["logit_bias"]
+    obj, null = bias["anyOf"]
+    assert obj["type"] == "object" and obj["additionalProperties"] == {"type": "number"}
+    assert obj["propertyNames"] == {"pattern": "^[0-9]+$"} and null == {"type": "null"}
+
+
 def test_security_is_described_only_when_keys_are_configured() -> None:
     open_doc, keyed_doc = document(Settings()), document(Settings(api_keys=("sk-a",)))
     chat_open, chat_keyed = open_doc["paths"]["/v1/chat/completions"]["post"], \

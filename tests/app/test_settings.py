@@ -146,6 +146,7 @@ def test_loopback_host_without_keys_is_fine(host: str) -> None:
     ("max_n", "0"),
     ("max_stop", "0"),
     ("max_top_logprobs", "21"),
+    ("max_logit_bias", "-1"),
     ("max_queue", "-1"),
     ("queue_timeout_s", "0"),
     ("threads", "-2"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
@@ -160,3 +161,59 @@ def test_greedy_logprob_is_the_top_alternative() -> None:
     token, entry = make(1, logprobs=True, top_n=3, temperature=0.0).sample(logits)
     assert entry is not None
     assert entry.top[0] == (token, pytest.approx(entry.logprob))
+
+
+# -- logit_bias ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("params", [dict(temperature=0.0), dict(temperature=1.0), dict(temperature=2.0, top_p=0.9),
+                                    dict(temperature=1.0, top_k=5, min_p=0.1)],
+                         ids=["greedy", "t1", "t2-top-p", "top-k"])
+def test_plus_100_bias_forces_a_token(params) -> None:
+    logits = flat_logits(11) * 5
+    unlikely = int(torch.argmin(logits))
+    assert set(draw(make(19, logit_bias={unlikely: 100.0}, **params), logits, 200)) == {unlikely}
+
+
+def test_minus_100_bias_bans_a_token() -> None:
+    logits = from_probs(0.9, 0.05, 0.05)
+    assert set(draw(make(20, temperature=0.0, logit_bias={0: -100.0}), logits, 5)) == {1}
+    counts = Counter(draw(make(20, temperature=1.0, logit_bias={0: -100.0}), logits))
+    assert counts[0] == 0 and counts[1] > 0 and counts[2] > 0
+
+
+def test_small_bias_shifts_the_distribution_by_its_exponent() -> None:
+    # Two equal tokens; +ln(3) on token 1 makes it three times as likely as token 0 (at temperature 1).
+    counts = Counter(draw(make(21, temperature=1.0, logit_bias={1: math.log(3.0)}), from_probs(0.5, 0.5), 4000))
+    assert 0.71 < counts[1] / 4000 < 0.79
+
+
+def test_bias_does_not_lift_a_masked_token() -> None:
+    """A token the grammar (or a held-back stop token) set to -inf stays banned, +100 or not."""
+    logits = flat_logits(12)
+    logits[[3, 4]] = float("-inf")
+    for params in (dict(temperature=0.0), dict(temperature=1.0)):
+        tokens = draw(make(22, logit_bias={3: 100.0, 4: 100.0}, **params), logits, 100)
+        assert not {3, 4} & set(tokens)
+    # When the mask leaves one token, even a -100 bias on it cannot ban it.
+    only = torch.full((VOCAB,), float("-inf"))
+    only[7] = 0.0
+    assert draw(make(22, temperature=1.0, logit_bias={7: -100.0}), only, 10) == [7] * 10
+
+
+def test_logprobs_are_of_the_unbiased_distribution_and_the_row_is_untouched() -> None:
+    logits = flat_logits(13) * 3
+    before = logits.clone()
+    expected = torch.log_softmax(logits, dim=-1)
+    unlikely = int(torch.argmin(logits))
+    token, entry = make(23, logprobs=True, top_n=3, temperature=1.0, logit_bias={unlikely: 100.0}).sample(logits)
+    assert token == unlikely and entry is not None
+    assert entry.logprob == pytest.approx(float(expected[unlikely]), abs=1e-5)  # what the model thinks of it
+    assert entry.top[0][0] == int(torch.argmax(logits))  # the forced token is not among the top alternatives
+    assert torch.equal(logits, before)  # shared by a request's choices: the bias is never written into it
+
+
+def test_bias_and_penalties_add_up() -> None:
+    logits = torch.zeros(VOCAB)
+    logits[0], logits[1] = 3.0, 2.0
+    # Token 1 gets +0.5: 3.0 vs 2.5; each occurrence of the leader then costs it 1.0 (frequency penalty).
+    tokens = draw(make(0, temperature=0.0, frequency_penalty=1.0, logit_bias={1: 0.5}), logits, 4)
+    assert tokens == [0, 1, 0, 1]

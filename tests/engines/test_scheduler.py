@@ -460,3 +460,65 @@ def test_finished_requests_leave_no_reference_cycles(fp32: LoadedModel, chat_ids
         gc.garbage.clear()
         gc.enable()
     assert leaked == []
+
+
+def test_admission_is_fair_across_tenants(fp32: LoadedModel, decoder: Decoder, chat_ids) -> None:
+    """One tenant fills the batch and the queue; another tenant's request starts within one batch step (a
+    choice of the first tenant is paused for it), and every paused choice later ends exactly as alone."""
+    prompt = chat_ids(QUESTION)
+    steps = 24
+
+    async def body(engine: EmbeddedEngine) -> tuple[list[dict[int, list[EngineEvent]]], int, int]:
+        def greedy(request_id: str, tenant: str) -> EngineRequest:
+            req = request(prompt, request_id=request_id, max_new_tokens=steps, min_new_tokens=steps)
+            req.tenant = tenant
+            return req
+
+        hogs = [engine.generate(greedy(f"a{i}", "key-a")) for i in range(6)]
+        started = [asyncio.ensure_future(anext(s)) for s in hogs]
+        await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+        while engine._scheduler.batch_size < 2:  # key A holds the whole batch, four more of its requests wait
+            await asyncio.sleep(0.01)
+        submitted_at = engine._scheduler.steps
+        stream = engine.generate(greedy("b0", "key-b"))
+        first = await anext(stream)
+        waited = engine._scheduler.steps - submitted_at
+        rest = await collect(stream)
+        outs = []
+        for task, s in zip(started, hogs, strict=True):
+            head = await task
+            tail = await collect(s)
+            outs.append({0: [head, *tail[0]]})
+        return [*outs, {0: [first, *rest[0]]}], waited, len(first.token_ids)
+
+    results, waited, _ = run_engine(fp32, body, max_batch_size=2, prefill_chunk=256)
+    # The step in flight when it arrived, and the one it joined (first-come-first-served: 24 or more).
+    assert waited <= 2, f"key B waited {waited} decode steps for its first token"
+    alone = manual_greedy(decoder, prompt, steps)
+    for choices in results:
+        assert tokens_of(choices[0]) == alone
+
+
+def test_a_grammar_that_gives_up_mid_reply_ends_in_an_error(fp32: LoadedModel, chat_ids) -> None:
+    """llguidance stops after '{' for 700 optional properties (more items in a row than it allows): the request
+    ends with a 400 schema_too_complex error, never a reply cut short and marked "stop" (issue 18)."""
+    from tools.grammar import constraint, json_or_calls_grammar
+
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(700)}}
+    req = request(chat_ids("Give me JSON."), max_new_tokens=16)
+    req.constraint = constraint(json_or_calls_grammar(schema, None, None, parallel=True))
+
+    async def body(engine: EmbeddedEngine) -> tuple[list[EngineEvent], EngineError | None]:
+        events: list[EngineEvent] = []
+        try:
+            async for event in engine.generate(req):
+                events.append(event)
+        except EngineError as exc:
+            return events, exc
+        return events, None
+
+    events, error = run_engine(fp32, body)
+    assert error is not None, f"ended normally: {[e.text for e in events]}"
+    assert (error.status, error.code) == (400, "schema_too_complex")
+    assert "2000" in str(error) and len(str(error)) < 500
+    assert all(e.finish_reason is None for e in events)

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from multimodal.addresses import parse_ip_literal, refusal_reason
+from multimodal.addresses import is_localhost_name, parse_ip_literal, refusal_reason
 
 REFUSED = [
     "127.0.0.1", "127.255.255.254", "0.0.0.0", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
@@ -47,6 +47,11 @@ def test_reasons_name_the_class():
     ("[::1]", "::1"),
     ("[fe80::1%eth0]", "fe80::1"),
     ("10.0.0.1", "10.0.0.1"),
+    ("127.0.0.1.", "127.0.0.1"),  # the fully qualified spelling (issue 18)
+    ("2130706433.", "127.0.0.1"),
+    ("0x7f.1.", "127.0.0.1"),
+    ("169.254.169.254.", "169.254.169.254"),
+    ("0.", "0.0.0.0"),
 ])
 def test_literal_spellings(literal, expected):
     ip = parse_ip_literal(literal)
@@ -54,6 +59,19 @@ def test_literal_spellings(literal, expected):
     assert refusal_reason(ip) is not None
 
 
-@pytest.mark.parametrize("name", ["example.com", "images.example.org", "localhost", "deadbeef.example", ""])
+@pytest.mark.parametrize("name", ["example.com", "images.example.org", "localhost", "deadbeef.example", "",
+                                  ".", "127.0.0.1..", "..", "example.com.", "[::1]."])
 def test_names_are_not_literals(name):
     assert parse_ip_literal(name) is None
+
+
+@pytest.mark.parametrize("name", ["localhost", "localhost.", "LOCALHOST", "LocalHost.", "a.localhost",
+                                  "a.b.localhost."])
+def test_localhost_names(name):
+    assert is_localhost_name(name)
+
+
+@pytest.mark.parametrize("name", ["localhost.example.com", "notlocalhost", "localhostx", "example.com", "127.0.0.1",
+                                  "localhost.."])
+def test_names_that_are_not_localhost(name):
+    assert not is_localhost_name(name)

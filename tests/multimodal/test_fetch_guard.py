@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from multimodal.errors import ImageError
 from multimodal.policy import ImagePolicy
@@ -37,10 +40,49 @@ def test_literal_message_names_the_unusual_spelling(origin):
     assert err.message == "the image URL's host is 127.0.0.1, a loopback address; fetching it is not allowed"
 
 
-def test_localhost_is_refused_through_the_system_resolver(origin):
+def test_localhost_is_refused(origin):
     err = fails(REFUSED, origin.url("/image.png", host="localhost"), DEFAULT)
     assert "the image URL's host localhost resolves to" in err.message
     assert "loopback" in err.message
+    assert origin.requests == []
+
+
+# Issue 18: with a trailing dot these went to DNS as names (and failed as image_fetch_failed).
+@pytest.mark.parametrize("host", ["127.0.0.1.", "0x7f.1.", "2130706433.", "127.1.", "0x7f000001.", "0.",
+                                  "localhost.", "LOCALHOST.", "LocalHost", "img.localhost", "img.localhost."])
+def test_trailing_dots_and_localhost_names_are_loopback_without_a_lookup(origin, host):
+    resolver = FakeResolver(["93.184.216.34"])  # a lookup would find a public address: it must not happen
+    err = fails(REFUSED, origin.url("/image.png", host=host), DEFAULT, resolve=resolver)
+    assert "a loopback address" in err.message or "an unspecified address" in err.message
+    assert resolver.calls == [] and origin.requests == []
+
+
+@pytest.mark.parametrize("host", ["169.254.169.254.", "10.0.0.1.", "192.168.1.1.", "100.64.0.1.", "0xa9fea9fe."])
+def test_trailing_dots_on_other_internal_literals_are_refused(origin, host):
+    resolver = FakeResolver(["93.184.216.34"])
+    fails(REFUSED, origin.url("/image.png", host=host), DEFAULT, resolve=resolver)
+    assert resolver.calls == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1..", "[::1].", ".127.0.0.1", "localhost.."])
+def test_malformed_dotted_hosts_stay_invalid(origin, host):
+    fails(INVALID, origin.url("/image.png", host=host), DEFAULT)
+    assert origin.requests == []
+
+
+def test_a_trailing_dot_reaches_a_private_host_as_written_without_it(origin):
+    assert fetch(origin.url("/image.png", host="127.0.0.1.")) == IMAGE  # LOCAL lists 127.0.0.1
+    policy = ImagePolicy(private_hosts=("localhost",), connect_timeout_s=2.0, fetch_timeout_s=5.0)
+    resolver = FakeResolver(["10.9.9.9"])
+    assert fetch(origin.url("/image.png", host="localhost."), policy, resolve=resolver) == IMAGE
+    assert resolver.calls == []  # loopback by definition, connected to 127.0.0.1
+
+
+def test_deny_hosts_match_a_trailing_dot(origin):
+    policy = ImagePolicy(private_hosts=("127.0.0.1",), deny_hosts=("127.0.0.1", "localhost"))
+    err = fails(REFUSED, origin.url("/image.png", host="127.0.0.1."), policy)
+    assert "not allowed on this server" in err.message
+    fails(REFUSED, origin.url("/image.png", host="localhost."), policy)
     assert origin.requests == []
 
 
@@ -104,12 +146,55 @@ def test_redirect_to_an_internal_address_is_refused(origin, target):
 @pytest.mark.parametrize(("location", "code"), [
     ("file:///etc/passwd", REFUSED),
     ("ftp://example.com/x.png", INVALID),
-    ("data:image/png;base64,AA==", "image_fetch_failed"),  # httpx itself rejects this Location
+    ("data:image/png;base64,AA==", REFUSED),  # issue 18: was image_fetch_failed, httpx's own parse of Location
+    ("DATA:image/png;base64,AA==", REFUSED),
+    ("data:,x", REFUSED),
     ("http://exa mple.com/", INVALID),
 ])
 def test_redirect_to_other_schemes_is_refused(origin, tmp_path, location, code):
     policy = ImagePolicy(private_hosts=("127.0.0.1",), media_dir=str(tmp_path))
     fails(code, origin.url(f"/redirect-to?location={location}"), policy)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_to_a_data_url_is_refused_as_documented(origin, status):
+    err = fails(REFUSED, origin.url(f"/redirect-to?status={status}&location=data:image/png;base64,AA=="))
+    assert err.message == "the upstream server redirected to a data: URL, which is not allowed"
+    assert len(origin.requests) == 1
+
+
+def test_redirects_still_follow_their_location_after_it_is_held_back(origin):
+    assert fetch(origin.url("/redirect/2")) == IMAGE
+    err = fails("image_fetch_failed", origin.url("/redirect-to?location=/status/404"))
+    assert "after redirecting to" in err.message
+
+
+# Every internal IPv4 address, in every spelling the resolver reads as a literal, with or without the
+# trailing dot: refused without a DNS lookup and without a connection.
+INTERNAL = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+            "0.0.0.0/8"]
+internal_ipv4 = st.sampled_from(INTERNAL).map(ipaddress.IPv4Network).flatmap(
+    lambda net: st.integers(0, net.num_addresses - 1).map(lambda i: net[i]))
+
+
+def spell(ip: ipaddress.IPv4Address, form: str) -> str:
+    a, b, c, d = ip.packed
+    n = int(ip)
+    return {"dotted": f"{a}.{b}.{c}.{d}", "decimal": str(n), "hex": f"0x{n:x}",
+            "hex-octets": ".".join(f"0x{x:x}" for x in ip.packed), "a.bcd": f"{a}.{n & 0xFFFFFF}",
+            "a.b.cd": f"{a}.{b}.{n & 0xFFFF}"}[form]
+
+
+FORMS = ["dotted", "decimal", "hex", "hex-octets", "a.bcd", "a.b.cd"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(internal_ipv4, st.sampled_from(FORMS), st.booleans(), st.integers(1, 65535))
+def test_internal_ipv4_in_any_spelling_is_refused_without_a_lookup(ip, form, dot, port):
+    host = spell(ip, form) + ("." if dot else "")
+    resolver = FakeResolver(["93.184.216.34"])
+    err = fails(REFUSED, f"http://{host}:{port}/a.png", DEFAULT, resolve=resolver)
+    assert str(ip) in err.message and resolver.calls == []
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/a.png", "gopher://example.com/", "javascript:alert(1)",

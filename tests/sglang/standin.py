@@ -114,6 +114,10 @@ class StandIn:
             return await _json(send, 400, {"error": str(exc)})
         self.requests.append(req)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        try:
+            verify_logit_bias(req, self.engine.model_info.vocab_size)
+        except ValueError as exc:  # SGLang refuses the request before it streams anything
+            return await _json(send, 400, {"error": {"message": str(exc), "code": 400}})
         if self.faults.refuse_next:
             self.faults.refuse_next -= 1
             return await _json(send, 400, {"error": {"message": "The input is too long.", "code": 400}})
@@ -198,7 +202,7 @@ class StandIn:
                 top_k=0 if sp.top_k in (None, -1, _NO_TOP_K) else sp.top_k, min_p=sp.min_p,
                 frequency_penalty=sp.frequency_penalty, presence_penalty=sp.presence_penalty,
                 seed=sp.sampling_seed, stop_token_ids=tuple(sp.stop_token_ids or ()),
-                min_new_tokens=sp.min_new_tokens or 0))
+                min_new_tokens=sp.min_new_tokens or 0, logit_bias=_logit_bias(sp)))
         out_ids: list[int] = []
         try:
             async for event in self._events(engine_req, rid, len(ids), index, req, out_ids):
@@ -271,6 +275,18 @@ def req_stop(req: Any, index: int) -> list[str]:
     sp = req.sampling_params[index] if isinstance(req.sampling_params, list) else req.sampling_params
     stop = sp.stop if sp is not None else None
     return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def verify_logit_bias(req: Any, vocab_size: int) -> None:
+    """SGLang's own check of a request (SamplingParams.verify): every logit_bias key an id of the vocabulary."""
+    for sp in req.sampling_params if isinstance(req.sampling_params, list) else [req.sampling_params]:
+        for key in (sp.logit_bias if sp is not None else None) or {}:
+            if not 0 <= int(key) < vocab_size:
+                raise ValueError(f"logit_bias must has keys in [0, {vocab_size - 1}], got {key}.")
+
+
+def _logit_bias(sp: Any) -> dict[int, float]:
+    return {int(key): float(value) for key, value in (sp.logit_bias or {}).items()}
 
 
 def _constraint(sp: Any) -> Constraint | None:

@@ -115,6 +115,24 @@ def test_logprobs_come_from_the_worker(two_workers: Deployment):
     assert sent.top_logprobs_num == 2
 
 
+def test_logit_bias_is_sent_as_sglang_takes_it_and_applied(two_workers: Deployment, smollm2_engine):
+    """+100 on " banana" and -100 on the end-of-turn token: the workers get SGLang's string-keyed map (the
+    stand-in applies SGLang's own vocabulary check) and the answer is that token, three times."""
+    tokenizer = smollm2_engine.tokenizer
+    banana = tokenizer(" banana", add_special_tokens=False).input_ids[0]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    reply = ask(two_workers.client(), max_tokens=3, logit_bias={str(banana): 100, str(end): -100})
+    assert reply.choices[0].message.content == " banana" * 3
+    sent = next(w.requests[-1] for w in two_workers.workers if w.requests and w.requests[-1].sampling_params.logit_bias)
+    assert sent.sampling_params.logit_bias == {str(banana): 100.0, str(end): -100.0}
+    # Ids outside the vocabulary never reach a worker: Lodestar answers 400 itself, naming the param.
+    before = sum(len(w.requests) for w in two_workers.workers)
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(two_workers.client(), max_tokens=3, logit_bias={str(smollm2_engine.model_info.vocab_size): 1})
+    assert err.value.body["param"] == "logit_bias"
+    assert sum(len(w.requests) for w in two_workers.workers) == before
+
+
 def test_sessions_stick_to_one_worker_and_reuse_its_cache(two_workers: Deployment):
     client = two_workers.client()
     for s in range(4):

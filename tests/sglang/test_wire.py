@@ -62,13 +62,14 @@ GRAMMAR = 'start: "yes" | "no"'
 
 def make_request(*, n: int = 1, seed: int | None = None, logprobs: bool = False, top_logprobs: int = 0,
                  constraint: Constraint | None = None, top_k: int = 0, min_new_tokens: int = 0,
-                 stop_token_ids: tuple[int, ...] = (0, 7)) -> EngineRequest:
+                 stop_token_ids: tuple[int, ...] = (0, 7), logit_bias: dict[int, float] | None = None) -> EngineRequest:
     return EngineRequest(
         request_id="req-1", prompt_ids=list(PROMPT), n=n, logprobs=logprobs, top_logprobs=top_logprobs,
         constraint=constraint,
         sampling=SamplingParams(max_new_tokens=32, temperature=0.7, top_p=0.9, top_k=top_k, min_p=0.05,
                                 frequency_penalty=0.1, presence_penalty=0.2, seed=seed,
-                                stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens))
+                                stop_token_ids=stop_token_ids, min_new_tokens=min_new_tokens,
+                                logit_bias=dict(logit_bias or {})))
 
 
 def sglang_decode(body: dict[str, Any]) -> Any:
@@ -91,6 +92,8 @@ CONTRACT_CASES = {
     "top-k": dict(top_k=5),
     "min-new-tokens": dict(min_new_tokens=4),
     "no-stop-ids": dict(stop_token_ids=()),
+    "logit-bias": dict(logit_bias={5: 100.0, 0: -100.0, 151_935: 0.5}),
+    "n3-logit-bias-constraint": dict(n=3, logit_bias={6: -2.5}, constraint=Constraint(grammar=GRAMMAR, key="k")),
 }
 
 
@@ -124,6 +127,8 @@ def test_body_accepted_by_sglang_contract(kwargs: dict[str, Any], thinking: int 
         assert p.min_new_tokens == req.sampling.min_new_tokens
         assert p.ebnf == (req.constraint.grammar if req.constraint else None)
         assert p.json_schema is None and p.regex is None
+        # SGLang's shape: token ids as decimal strings -> floats ({} is its "no bias").
+        assert p.logit_bias == {str(t): b for t, b in req.sampling.logit_bias.items()}
     seed = req.sampling.seed
     assert [p.sampling_seed for p in params] == [None if seed is None else seed + i for i in range(req.n)]
     if req.logprobs:
@@ -163,6 +168,7 @@ def test_optional_sampling_fields_left_out_when_unset() -> None:
     assert "sampling_seed" not in params
     assert "min_new_tokens" not in params
     assert "ebnf" not in params
+    assert "logit_bias" not in params
     assert params["stop_token_ids"] == [0, 7]
 
 
@@ -467,3 +473,15 @@ def test_error_message(payload: Any, expected: str) -> None:
 ])
 def test_collapse_placeholders(ids: list[int], expected: list[int]) -> None:
     assert collapse_placeholders(ids, 9) == expected
+
+
+def test_logit_bias_passes_sglangs_own_checks() -> None:
+    """SGLang's SamplingParams (srt/sampling/sampling_params.py) reads the keys with int() and checks them against
+    the vocabulary; the body must hold exactly what Lodestar validated, one copy per choice."""
+    bias = {0: -100.0, 42: 100.0, 49_151: 1.5}
+    req = make_request(n=2, seed=3, logit_bias=bias)
+    decoded = sglang_decode(generate_body(req, prompt=req.prompt_ids, image_urls=[], max_thinking_tokens=None))
+    for p in decoded.sampling_params:
+        assert {int(k): v for k, v in p.logit_bias.items()} == bias
+        assert all(isinstance(v, float) for v in p.logit_bias.values())
+        assert all(0 <= int(k) < 49_152 for k in p.logit_bias)  # SmolLM2's vocabulary: SGLang would accept it

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engines.base import Constraint
-from engines.embedded.grammar import GrammarCompiler, GrammarState
+from engines.embedded.grammar import GrammarCompiler, GrammarFailed, GrammarState
 from tools.grammar import CallMarkers, auto_grammar, constraint, json_or_calls_grammar, tool_calls_grammar
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -281,14 +281,17 @@ def test_a_broken_grammar_is_a_value_error(compiler: GrammarCompiler) -> None:
         compiler.state(Constraint(grammar="start: undefined_rule", key="broken"))
 
 
-def test_an_errored_matcher_allows_only_the_end(compiler: GrammarCompiler, qwen_tokenizer: Any,
-                                                vocab_size: int, markers: CallMarkers) -> None:
+def test_an_errored_matcher_ends_the_choice_with_an_error(compiler: GrammarCompiler, qwen_tokenizer: Any,
+                                                          vocab_size: int, markers: CallMarkers) -> None:
+    """A token the grammar refuses, or a matcher in error, is a GrammarFailed (a 400 for the request), never
+    a quiet end-of-turn that would mark a cut-off reply as "stop" (issue 18)."""
     state: GrammarState = compiler.state(constraint(tool_calls_grammar(TOOLS, markers, parallel=True)))
-    state.advance(qwen_tokenizer.encode("hello")[0])  # not allowed: logged, and the choice must end
+    with pytest.raises(GrammarFailed) as info:
+        state.advance(qwen_tokenizer.encode("hello")[0])
+    assert (info.value.status, info.value.code) == (400, "schema_too_complex")
     assert state.matcher.is_error()
-    logits = torch.zeros(vocab_size)
-    state.restrict(logits)
-    assert torch.isfinite(logits).nonzero().flatten().tolist() == [qwen_tokenizer.eos_token_id]
+    with pytest.raises(GrammarFailed):
+        state.restrict(torch.zeros(vocab_size))
 
 
 def test_grammar_keys_are_content_hashes(markers: CallMarkers) -> None:

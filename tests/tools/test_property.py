@@ -22,10 +22,12 @@ from hypothesis import strategies as st
 
 from engines.embedded.grammar import GrammarCompiler
 from tools.calls import ParsedCall, ToolCallParser
+from tools.checker import GrammarChecker
 from tools.grammar import CallMarkers, constraint, tool_calls_grammar
 from tools.schema import check_schema
 
 MAX_STEPS = 300
+CHECKER = GrammarChecker()  # schema checks run in its child processes, as in the server
 NAME_POOL = ["city", "count", "ratio", "flag", "tags", "mode", "inner", "when", "x", "value_2"]
 
 
@@ -106,7 +108,8 @@ def decode_randomly(compiler: GrammarCompiler, tokenizer: Any, grammar: str, see
 def check_one(compiler: GrammarCompiler, tokenizer: Any, markers: CallMarkers, vocab_size: int,
               schema: dict[str, Any], seed: int) -> bool:
     """One example; True when the reply finished (and was then checked in full)."""
-    check_schema(schema, "tools[0].function.parameters", object_root=True)  # the subset is really supported
+    check_schema(schema, "tools[0].function.parameters", object_root=True, checker=CHECKER,
+                 deadline=CHECKER.deadline())  # the subset is really supported
     grammar = tool_calls_grammar([("f", schema)], markers, parallel=False)
     tokens, finished = decode_randomly(compiler, tokenizer, grammar, seed, vocab_size)
     text = tokenizer.decode(tokens)

@@ -13,8 +13,21 @@ from app.errors import APIError
 from app.protocol import ChatCompletionRequest, request_decoder
 from app.settings import Settings
 from chat.families import FAMILIES
-from tools.request import ToolPlan, plan_tools
-from tools.schema import SchemaLimits, check_schema, check_size, closed_objects
+from tools.checker import GrammarChecker
+from tools.request import ToolPlan
+from tools.request import plan_tools as plan_with
+from tools.schema import SchemaLimits, check_size, closed_objects
+from tools.schema import check_schema as check_with
+
+CHECKER = GrammarChecker()  # schema checks run in its child processes, as in the server
+
+
+def check_schema(schema: Any, param: str, *, object_root: bool) -> str:
+    return check_with(schema, param, object_root=object_root, checker=CHECKER, deadline=CHECKER.deadline())
+
+
+def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) -> ToolPlan:
+    return plan_with(req, settings, renderer, CHECKER)
 
 ROOT = "tools[0].function.parameters"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
