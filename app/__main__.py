@@ -26,11 +26,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.backend import build_served_model
     from app.main import create_app
+    from app.transport import protocol_class
 
     app = create_app(settings, lambda: build_served_model(settings))
     # uvicorn logs through our root handler (log_config=None); our access line carries the request id.
+    # http: uvicorn's httptools protocol with timeouts and size limits (app/transport.py); ws="none": there
+    # are no websocket routes, so an Upgrade request is not handed to a protocol those bounds do not cover.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s)
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
+                http=protocol_class(settings), ws="none")
     return 0
 
 

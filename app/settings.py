@@ -56,8 +56,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sglang_read_timeout_s: float = 300.0  # longest silence of a worker within one request
     sglang_retry_s: float = 10.0  # a worker that failed stays out of rotation this long
     sglang_health_interval_s: float = 10.0  # /health_generate probes of every worker
+    # Connections (app/transport.py): how long and how much a client may take to send a request
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this; else 408 and close
+    body_timeout_s: float = 60.0  # the whole body must arrive within this after the headers; else 408 and close
+    max_header_bytes: int = 32_768  # request line + headers; more is 431 and close
+    keepalive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
     # Request limits
-    max_body_bytes: int = 32 * MiB  # larger bodies get 413
+    max_body_bytes: int = 32 * MiB  # larger bodies get 413 (a larger Content-Length: before the body is read)
     max_messages: int = 2048
     max_content_parts: int = 256  # parts of one message's content array
     max_message_chars: int = 1_048_576  # characters of one message's text (all its text parts)
@@ -127,6 +132,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                     "max_stop", "max_queue", "image_pixels_low", "image_pixels_auto", "image_pixels_high",
                     "image_max_source_pixels", "image_max_bytes", "image_connect_timeout_s",
                     "image_fetch_timeout_s", "max_tools", "max_schema_bytes", "max_schema_depth",
+                    "header_timeout_s", "body_timeout_s", "max_header_bytes", "keepalive_timeout_s",
                     "grammar_budget_s", "grammar_memory_bytes", "grammar_workers", "max_optional_properties")
         for key in positive:
             if getattr(self, key) <= 0:

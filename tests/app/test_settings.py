@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert s.api_keys == () and s.allow_unauthenticated is False
     assert s.model == "default" and s.engine == "embedded" and s.quantize == "int8"
     assert s.max_body_bytes == 32 * 1024 * 1024
+    assert (s.header_timeout_s, s.body_timeout_s, s.max_header_bytes, s.keepalive_timeout_s) == (10.0, 60.0, 32768, 5.0)
     assert (s.max_n, s.max_stop, s.max_top_logprobs) == (8, 4, 20)
     assert s.max_queue == 64 and s.queue_timeout_s == 60.0
     assert s.context_length is None and s.default_max_tokens is None and s.max_tokens_limit is None
@@ -137,6 +138,10 @@ def test_loopback_host_without_keys_is_fine(host: str) -> None:
     ("max_batch_size", "0"),
     ("prefill_chunk", "-1"),
     ("max_body_bytes", "0"),
+    ("header_timeout_s", "0"),
+    ("body_timeout_s", "-1"),
+    ("max_header_bytes", "0"),
+    ("keepalive_timeout_s", "0"),
     ("max_messages", "0"),
     ("max_n", "0"),
     ("max_stop", "0"),
