@@ -45,9 +45,11 @@ CHAT_ERRORS = (400, 404, 409, 413, 415, 429, 501, 503, 504)
 OPERATIONS = [
     *(Operation("post", path, "Create a chat completion (OpenAI-compatible); with stream=true, server-sent events",
                 ChatCompletion, CHAT_ERRORS, request=ChatCompletionRequest, parameters=(SESSION_HEADER,),
+                # OpenAPI 3.1: the schema of an event stream describes one event (3.2 would say itemSchema)
                 extra_ok={"text/event-stream": {"schema": {
-                    "type": "string", "description": "`data: <ChatCompletionChunk JSON>` events, then "
-                                                     "`data: [DONE]`", "x-chunk": ChatCompletionChunk.__name__}}})
+                    "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}},
+                    "description": "One server-sent event: `data` is a ChatCompletionChunk as JSON; the last "
+                                   "event's `data` is `[DONE]`", "x-chunk": ChatCompletionChunk.__name__}}})
       for path in ("/v1/chat/completions", "/api/v3/inference/chat/completions")),
     Operation("get", "/v1/models", "The served model", ModelList, (503,)),
     Operation("post", "/v1/playground/check", "Check a chat-completions body as the chat route would, without "

@@ -110,3 +110,78 @@ def test_the_server_serves_on_after_hostile_input(small_server: ServerProcess, c
         client.chat.completions.create(model="smollm2", messages=USER, max_tokens=4,  # type: ignore[arg-type]
                                        tools=[tool(all_of(60))])  # type: ignore[list-item]
     assert info.value.code == "schema_too_complex"
+
+
+@pytest.fixture(scope="module")
+def roomy_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A server that lets llguidance's own row limit be reached (max_optional_properties above ~500), two keys
+    and a batch of two, so that grammars failing mid-reply and fairness between keys can be seen."""
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path_factory.mktemp("roomy"), "--model", "smollm2", "--max-optional-properties",
+                          "1000", "--max-batch-size", "2", "--max-n", "2", "--api-key", "key-a", "--api-key",
+                          "key-b", "--quantize", "none")
+    yield server
+    server.stop()
+
+
+def keyed(server: ServerProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+WIDE = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(700)}}
+WIDE_FORMAT = {"type": "json_schema", "json_schema": {"name": "wide", "schema": WIDE}}
+
+
+def test_a_grammar_that_gives_up_mid_reply_is_an_error_not_a_stop(roomy_server: ServerProcess) -> None:
+    client = keyed(roomy_server, "key-a")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=USER, max_tokens=16,  # type: ignore[arg-type]
+                                       response_format=WIDE_FORMAT, temperature=0)  # type: ignore[arg-type]
+    assert info.value.code == "schema_too_complex"
+    # temperature 0: the same first token ("{"; a sampled "{}" would be a valid reply)
+    stream = client.chat.completions.create(model="smollm2", messages=USER, max_tokens=16,  # type: ignore[arg-type]
+                                            response_format=WIDE_FORMAT, stream=True,  # type: ignore[arg-type]
+                                            temperature=0)
+    with pytest.raises(openai.APIError) as streamed:
+        for chunk in stream:
+            assert not (chunk.choices and chunk.choices[0].finish_reason == "stop")
+    assert "too complex" in str(streamed.value)
+    assert len(roomy_server.log()) < 200_000  # no 67 KB grammar per failure in the log
+
+
+def test_another_keys_request_does_not_wait_behind_one_keys_streams(roomy_server: ServerProcess) -> None:
+    """Key A fills the batch (2) and queues four more long streams; key B's request is served before any of A's
+    queued ones starts: it takes a slot from A at the next batch step instead of waiting first-in-first-out."""
+    import threading
+
+    first_token_at: dict[str, float] = {}
+    done = threading.Event()
+
+    def run(key: str, name: str, max_tokens: int) -> None:
+        stream = keyed(roomy_server, key).chat.completions.create(
+            model="smollm2", messages=USER, max_tokens=max_tokens, stream=True,  # type: ignore[arg-type]
+            extra_body={"ignore_eos": True})
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content and name not in first_token_at:
+                first_token_at[name] = time.monotonic()
+            if done.is_set() and name != "b":
+                break  # closing the stream ends the request
+        stream.close()
+
+    hogs = [threading.Thread(target=run, args=("key-a", f"a{i}", 2000)) for i in range(6)]
+    for i, thread in enumerate(hogs):
+        thread.start()
+        time.sleep(0.2 if i < 2 else 0.05)
+    deadline = time.monotonic() + 30
+    while len(first_token_at) < 2 and time.monotonic() < deadline:  # A holds both slots
+        time.sleep(0.02)
+    b = threading.Thread(target=run, args=("key-b", "b", 8))
+    b.start()
+    b.join(60)
+    done.set()
+    for thread in hogs:
+        thread.join(60)
+    assert "b" in first_token_at and not any(t.is_alive() for t in [b, *hogs])
+    queued = [first_token_at.get(f"a{i}", float("inf")) for i in range(2, 6)]
+    assert first_token_at["b"] < min(queued), first_token_at
