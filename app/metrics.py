@@ -94,6 +94,14 @@ class _StateCollector(Collector):
         spent.add_metric([], heap.seconds)
         yield trims
         yield spent
+        checker = self.state.grammar_checker
+        checks = CounterMetricFamily("lodestar_schema_checks", "Grammar checks run in a child process (not cached)")
+        checks.add_metric([], float(checker.checks))
+        refused = CounterMetricFamily("lodestar_schema_checks_stopped",
+                                      "Grammar checks stopped at the time budget, the memory cap or a client leaving")
+        refused.add_metric([], float(checker.refused))
+        yield checks
+        yield refused
         if served is None:
             return
         for name, value in served.engine.stats().items():

@@ -7,6 +7,7 @@ and waited for from the request's own thread (the tools stage runs off the event
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ log = logging.getLogger("lodestar.grammar")
 
 ROOT = Path(__file__).resolve().parent.parent
 _POLL_S = 0.05  # how often a wait looks at its request's cancellation
+_VERDICTS = 512  # llguidance's verdicts kept by grammar hash: agents send the same tools with every request
 
 
 class GrammarTooComplex(Exception):
@@ -61,6 +64,7 @@ class GrammarChecker:
         self._idle: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._verdicts: OrderedDict[str, tuple[bool, list[str]]] = OrderedDict()
         self.checks = 0
         self.refused = 0  # checks stopped for time, memory or a client that left
 
@@ -69,6 +73,20 @@ class GrammarChecker:
 
     def validate(self, grammar: str, deadline: Deadline) -> tuple[bool, list[str]]:
         """llguidance's verdict on `grammar` (is_error, messages); GrammarTooComplex if the budget runs out."""
+        key = hashlib.sha256(grammar.encode()).hexdigest()
+        with self._lock:
+            verdict = self._verdicts.get(key)
+            if verdict is not None:
+                self._verdicts.move_to_end(key)
+                return verdict
+        verdict = self._validate(grammar, deadline)
+        with self._lock:
+            self._verdicts[key] = verdict
+            if len(self._verdicts) > _VERDICTS:
+                self._verdicts.popitem(last=False)
+        return verdict
+
+    def _validate(self, grammar: str, deadline: Deadline) -> tuple[bool, list[str]]:
         while not self._slots.acquire(timeout=_POLL_S):
             if deadline.spent():
                 raise GrammarBusy(f"every grammar checker stayed busy for {deadline.seconds:g} s")

@@ -14,7 +14,7 @@ from engines.base import Constraint
 from tools import grammar as grammars
 from tools.calls import ToolCallParser
 from tools.checker import GrammarChecker
-from tools.schema import EMPTY_OBJECT, NAME, SchemaLimits, check_schema, check_size
+from tools.schema import EMPTY_OBJECT, NAME, SchemaLimits, check_grammar, check_schema, check_size
 
 
 @dataclass(slots=True)
@@ -108,6 +108,8 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
         # auto: the model may answer in text; any call it makes is constrained.
         plan.constraint = grammars.constraint(grammars.auto_grammar(allowed, markers, parallel=parallel))
         plan.bare_calls = True
+    if plan.constraint is not None:
+        check_grammar(plan.constraint.grammar, "tools" if offered else "response_format", checker, deadline)
     return plan
 
 

@@ -126,14 +126,9 @@ def _check(schema: Any, param: str, *, object_root: bool, checker: GrammarChecke
                        param, "unsupported_schema")
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
-        is_error, messages = checker.validate(grammar, deadline)
     except ValueError as exc:
         raise _invalid(f"'{param}' cannot be enforced: {clip(str(exc), 300)}", param, "unsupported_schema") from None
-    except GrammarTooComplex as exc:
-        raise _invalid(f"'{param}' is too complex to enforce: {exc}", param, "schema_too_complex") from None
-    except GrammarBusy as exc:
-        raise APIError(503, f"The server is busy checking other schemas ({exc}); retry shortly", param=param,
-                       code="server_busy", headers={"Retry-After": "1"}) from None
+    is_error, messages = _verdict(grammar, param, checker, deadline)
     if is_error or messages:
         problem = " ".join((messages[0] if messages else "unknown error").split())[:500]
         unimplemented = re.search(r'Unimplemented keys: \["([^"]+)"', problem)
@@ -148,6 +143,25 @@ def _check(schema: Any, param: str, *, object_root: bool, checker: GrammarChecke
                            "schema_too_complex")
         raise _invalid(f"'{where}' cannot be enforced: {clip(problem, 300)}", where, "unsupported_schema")
     return grammar
+
+
+def check_grammar(grammar: str, param: str, checker: GrammarChecker, deadline: Deadline) -> None:
+    """Check the whole grammar a request's engine will compile (its schemas together), within the budget: what
+    passes here compiles in the server's own process within about the same time and memory."""
+    is_error, messages = _verdict(grammar, param, checker, deadline)
+    if is_error:
+        problem = " ".join((messages[0] if messages else "unknown error").split())
+        raise _invalid(f"'{param}' cannot be enforced: {clip(problem, 300)}", param, "unsupported_schema")
+
+
+def _verdict(grammar: str, param: str, checker: GrammarChecker, deadline: Deadline) -> tuple[bool, list[str]]:
+    try:
+        return checker.validate(grammar, deadline)
+    except GrammarTooComplex as exc:
+        raise _invalid(f"'{param}' is too complex to enforce: {exc}", param, "schema_too_complex") from None
+    except GrammarBusy as exc:
+        raise APIError(503, f"The server is busy checking other schemas ({exc}); retry shortly", param=param,
+                       code="server_busy", headers={"Retry-After": "1"}) from None
 
 
 def _huge_integer(value: Any, path: str) -> str | None:

@@ -49,3 +49,18 @@ def test_metrics_need_the_key_when_keys_are_configured() -> None:
         assert c.get("/metrics").status_code == 401
         r = c.get("/metrics", headers={"Authorization": "Bearer sk-1"})
         assert r.status_code == 200 and "lodestar_requests_total" in r.text
+
+
+def test_metrics_count_schema_checks() -> None:
+    """Each new grammar is checked once in a child process (each schema, then the request's whole grammar);
+    the same tools again are answered from the verdicts already known."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"metrics_q": {"type": "string", "maxLength": 7}}}}}]
+    with TestClient(make_app()) as c:
+        for _ in range(2):
+            assert c.post(CHAT, json=body(response_format={"type": "json_schema", "json_schema": {
+                "name": "x", "schema": {"type": "object", "properties": {"metrics_m": {"type": "integer"}}}}},
+                tools=tools, tool_choice="none")).status_code == 200
+        m = scrape(c)
+    assert m[("lodestar_schema_checks_total", ())] == 3
+    assert m[("lodestar_schema_checks_stopped_total", ())] == 0

@@ -3,6 +3,7 @@ own process never pays for it (the check runs in a child process with a time and
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -154,3 +155,27 @@ def test_too_many_optional_properties_are_refused_up_front() -> None:
     assert (info.value.code, info.value.param) == ("schema_too_complex", ROOT)
     required = {**many, "required": [f"p{i}" for i in range(500)]}
     check_size([(ROOT, required)], limits)  # 200 optional ones are fine
+
+
+def test_the_whole_grammar_is_checked_once_too() -> None:
+    """plan_tools checks each schema, then the grammar the engine will compile (all of them together), so that
+    what the server compiles in its own process has passed within the budget; known verdicts are reused."""
+    from app.protocol import request_decoder
+    from app.settings import Settings
+    from chat.families import FAMILIES
+    from tools.request import plan_tools
+
+    class Renderer:
+        family = FAMILIES["generic"]
+        tokenizer = None
+
+    checker = GrammarChecker(GrammarBudget(time_s=5.0, memory_bytes=1 << 30, workers=1))
+    schema = {"type": "object", "properties": {"when": {"type": "string", "format": "date"}}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    request = request_decoder.decode(json.dumps(body))
+    plan = plan_tools(request, Settings(), Renderer(), checker)
+    assert plan.constraint is not None and checker.checks == 2  # the schema, then the grammar around it
+    plan_tools(request, Settings(), Renderer(), checker)
+    assert checker.checks == 2
+    checker.close()
