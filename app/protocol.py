@@ -259,7 +259,9 @@ class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
     model: str
     system_fingerprint: str
     choices: list[ChunkChoice]
-    usage: Usage | None = None
+    # With stream_options.include_usage every chunk says `"usage": null` but OpenAI's last one (empty
+    # choices); without it, only the finish chunk carries usage (seed 003's shape). UNSET: left out.
+    usage: Usage | None | msgspec.UnsetType = msgspec.UNSET
     confidence_score: float | None = None
 
 

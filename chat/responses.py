@@ -197,6 +197,8 @@ async def _chunks(run: Run) -> AsyncIterator[ChatCompletionChunk]:
     plan, served = run.plan, run.served
 
     def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
+        if plan.include_usage:  # OpenAI: null on every chunk but the last, so that no usage is counted twice
+            extra.setdefault("usage", None)
         return ChatCompletionChunk(id=plan.request_id, object="chat.completion.chunk", created=plan.created,
                                    model=plan.model, system_fingerprint=served.fingerprint, choices=choices,
                                    **extra)
@@ -234,7 +236,9 @@ async def _event_chunks(run: Run, chunk: Callable[..., ChatCompletionChunk]) -> 
                         index=parser.calls.index(piece), function=FunctionCallDelta(arguments=piece.arguments))]))])
         if delta.finish_reason is not None:
             last = all(c.finished for c in run.choices)
-            extra = {"usage": run.usage(), "confidence_score": run.confidence_score()} if last else {}
+            extra: dict[str, Any] = {"confidence_score": run.confidence_score()} if last else {}
+            if last and not run.plan.include_usage:  # else the usage chunk that follows carries it, alone
+                extra["usage"] = run.usage()
             if last:  # stored before the client sees the end, so a reply it got is never missing
                 await run.finish()
             calls = parser.calls if parser is not None else []

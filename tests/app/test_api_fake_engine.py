@@ -437,6 +437,26 @@ def test_streaming_include_usage_adds_a_final_usage_chunk(client: TestClient) ->
     assert all(e["choices"] for e in events[:-1])
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_usage_is_on_exactly_one_chunk(client: TestClient, n: int) -> None:
+    """LangChain sums usage over chunks (issue 19): with include_usage, only OpenAI's last chunk (empty choices)
+    carries it and every other chunk says null; without it, only the finish chunk does (seed 003's shape)."""
+    events = sse_events(client.post(CHAT, json=body(stream=True, n=n, stream_options={"include_usage": True})))
+    chunks = events[:-1]
+    assert all("usage" in c for c in chunks)
+    carrying = [c for c in chunks if c["usage"] is not None]
+    assert len(carrying) == 1 and carrying[0] is chunks[-1] and chunks[-1]["choices"] == []
+    assert carrying[0]["usage"]["completion_tokens"] == n * SCRIPT_TOKENS
+    finishes = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finishes) == n and all(c["usage"] is None for c in finishes)
+    for options in ({}, {"stream_options": {"include_usage": False}}):
+        chunks = sse_events(client.post(CHAT, json=body(stream=True, n=n, **options)))[:-1]
+        carrying = [c for c in chunks if c.get("usage") is not None]
+        assert len(carrying) == 1 and carrying[0]["choices"][0]["finish_reason"] == "stop"
+        assert carrying[0] is chunks[-1] and all(c["choices"] for c in chunks)
+        assert carrying[0]["usage"]["completion_tokens"] == n * SCRIPT_TOKENS
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_strings_are_trimmed(client: TestClient, engine: FakeEngine, stream: bool) -> None:
     r = client.post(CHAT, json=body(stop=["zzz", " world"], stream=stream))
