@@ -159,8 +159,10 @@ class Run:
             TokenLogprobOut(
                 token=texts.token_str(e.token_id), logprob=e.logprob,
                 bytes=list(texts.token_bytes(e.token_id)),
-                top_logprobs=[TopLogprob(token=texts.token_str(t), logprob=lp,
-                                         bytes=list(texts.token_bytes(t))) for t, lp in e.top])
+                # A token the grammar (or a held-back stop) forbids has logprob -inf: it could not be
+                # generated, so it is not an alternative, and JSON has no -inf (it became null).
+                top_logprobs=[TopLogprob(token=texts.token_str(t), logprob=lp, bytes=list(texts.token_bytes(t)))
+                              for t, lp in e.top if lp > -math.inf])
             for e in entries])
 
 

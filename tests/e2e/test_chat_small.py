@@ -215,3 +215,20 @@ def test_metrics_follow_real_requests(client, small_server):
     assert delta("lodestar_tokens_total", ("kind", "prompt")) == usage.prompt_tokens
     assert after[("lodestar_model_loaded", ())] == 1
     assert after[("lodestar_engine_running", ())] == 0
+
+
+def test_top_logprobs_under_a_grammar_are_numbers(client):
+    """Tokens a grammar forbids are not listed as alternatives (they had logprob -inf, sent as null; issue 19):
+    every listed alternative has a real logprob, and the sampled token is among the allowed ones."""
+    reply = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Give me a JSON object with a name."}],
+        max_tokens=12, temperature=0, logprobs=True, top_logprobs=20, response_format={"type": "json_object"})
+    content = reply.choices[0].logprobs.content
+    assert content
+    shortened = 0
+    for position in content:
+        assert isinstance(position.logprob, float) and position.logprob <= 0
+        assert all(isinstance(t.logprob, float) and t.logprob <= 0 for t in position.top_logprobs)
+        assert position.top_logprobs and position.top_logprobs[0].logprob >= position.logprob - 1e-6
+        shortened += len(position.top_logprobs) < 20
+    assert shortened  # the grammar allowed fewer than 20 tokens somewhere (e.g. the opening "{")
