@@ -3,7 +3,8 @@
 Text outside `<tool_call>…</tool_call>` is content; each complete call becomes a ParsedCall whose
 arguments string is cut from the model's own text (the grammar fixes its layout), and a stream sends a
 call only once it is complete, so what a stream sends and what a whole reply holds are the same string.
-A call the model did not finish (max_tokens) is given back as content, never dropped.
+A call the model did not finish (max_tokens) is not content either: markup of an unfinished call never
+reaches a client (it would be read as the model's answer); the reply's finish_reason says "length".
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ class ToolCallParser:
         return out
 
     def finish(self) -> list[str | ParsedCall]:
-        """The end of the output: an unfinished call or held-back text is content."""
-        rest = (self.open + self._pending) if self._in_call else self._pending
+        """The end of the output: held-back text is content; an unfinished call is dropped."""
+        if self._in_call:
+            log.info("dropped an unfinished tool call (%d characters)", len(self._pending))
+        # The start of a marker cut off by max_tokens ("<tool_c") is debris too (streams never showed it).
+        rest = "" if self._in_call else self._pending[: len(self._pending) - _partial_suffix(self._pending, self.open)]
         self._pending, self._in_call = "", False
         if self.bare and not self._shown and not self.calls and _may_be_bare_call(rest):
             call = self._parse(_unfenced(rest))

@@ -88,13 +88,16 @@ def test_a_call_without_arguments_gets_an_empty_object() -> None:
 
 
 @pytest.mark.parametrize("cut", [1, 5, len(OPEN), len(OPEN) + 10, len(PARIS) - len(CLOSE), len(PARIS) - 1])
-def test_a_truncated_call_comes_back_as_content(cut: int) -> None:
+def test_a_truncated_call_never_reaches_the_content(cut: int) -> None:
+    """Markup of a call cut off by max_tokens is debris, not the model's answer (issue 19): the text before it
+    stays content, the unfinished call is dropped, and the finish reason ("length") tells the client."""
     for bare in (False, True):
-        assert summary(["Sure:" + PARIS[:cut]], bare) == ("Sure:" + PARIS[:cut], [], False)
-        assert summary([PARIS[:cut]], bare) == (PARIS[:cut], [], False)
-    # After a complete call: the call stays, the unfinished one is content.
+        assert summary(["Sure:" + PARIS[:cut]], bare) == ("Sure:", [], False)
+        content, calls, _ = summary([PARIS[:cut]], bare)
+        assert (content, calls) == ("", [])
+    # After a complete call: the call stays, the unfinished one is gone.
     content, calls, repeated = summary([PARIS + "\n" + ROME[:cut]])
-    assert (content.lstrip(), calls, repeated) == (ROME[:cut], [("get_weather", '{"city": "Paris"}')], False)
+    assert (content, calls, repeated) == ("", [("get_weather", '{"city": "Paris"}')], False)
 
 
 @pytest.mark.parametrize("body", [
