@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_schema_depth: int = 32  # nesting depth of one schema
     max_optional_properties: int = 256  # optional properties of one schema object (llguidance's limit is ~500)
     grammar_cache_entries: int = 128  # compiled grammars kept by content hash
+    # after a complete tool call, end the reply when the model gives ending at least this probability
+    # (embedded engine; 0: only when ending is its likeliest token, as sampling would)
+    tool_call_end_probability: float = 0.0
     # Checking a request's schemas (a child process; docs/security.md): over budget -> 400 schema_too_complex
     grammar_budget_s: float = 2.0  # time for all schema checks of one request
     grammar_memory_bytes: int = 512 * MiB  # address space of one checking process
@@ -166,6 +169,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise SettingsError(f"{key} must be positive when set")
+        if not 0 <= self.tool_call_end_probability < 1:
+            raise SettingsError("tool_call_end_probability must be within [0, 1)")
         if not 0 <= self.default_temperature <= 2:
             raise SettingsError("default_temperature must be within 0..2")
         if not 0 < self.default_top_p <= 1:

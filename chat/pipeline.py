@@ -178,6 +178,9 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
         stop=tuple(stops) if reasoning is None or not reasoning.section else (),
         logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size),  # validated already
+        # after a complete tool call, a reply the model would as soon end does end (docs/tools.md)
+        end_after_ids=(tools.close_token,) if tools.close_token is not None and tools.constraint else (),
+        end_probability=settings.tool_call_end_probability,
     )
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"

@@ -45,6 +45,11 @@ class SamplingParams:
     # Added to the logits of these token ids before sampling (OpenAI's logit_bias, validated: ids inside the
     # vocabulary, values in [-100, 100]). A token the grammar or a stop-token mask bans stays banned.
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # Right after one of these tokens (a tool call's close marker), end the choice once the model gives its
+    # stop tokens at least `end_probability` of the probability the grammar leaves (0: never): a small model
+    # that would rather end there than call again gets to, instead of calling until max_tokens.
+    end_after_ids: tuple[int, ...] = ()
+    end_probability: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

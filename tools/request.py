@@ -24,6 +24,7 @@ class ToolPlan:
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> arguments schema
     markers: tuple[str, str] | None = None  # when set, tool calls between these are parsed from the output
     bare_calls: bool = False  # a reply that is one JSON object {"name", "arguments"} is a call
+    close_token: int | None = None  # the call close marker's id, when it is one token: where a reply may end
 
     def parser(self) -> ToolCallParser | None:
         if self.markers is None:
@@ -93,6 +94,7 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
             "name": t.function.name, "description": t.function.description or "",
             "parameters": schemas[t.function.name]}} for t in tools]
         plan.markers = (markers.open, markers.close)
+        plan.close_token = markers.close_token
     parallel = req.parallel_tool_calls is not False
     allowed = list(schemas.items())
     if isinstance(choice, NamedToolChoice):

@@ -45,6 +45,10 @@ class ChoiceSampler:
             token = int(torch.argmax(adjusted))
         else:
             token = self._draw(adjusted / p.temperature)
+        return self.take(logits, token)
+
+    def take(self, logits: torch.Tensor, token: int) -> tuple[int, TokenLogprob | None]:
+        """Record a token chosen by a rule rather than drawn (an ending), with its logprobs as sample()'s."""
         if self.counts is not None:
             self.counts[token] += 1.0
         if not self.want_logprob:

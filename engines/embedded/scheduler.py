@@ -95,7 +95,9 @@ class Choice:
         grammar = self.grammar if thinking is None or thinking.answering else None
         if grammar is not None:
             grammar.restrict(logits)
-        token, logprob = self.sampler.sample(logits)
+        sampling = self.group.req.sampling
+        ending = _end_token(logits, sampling) if self.last_token in sampling.end_after_ids else None
+        token, logprob = self.sampler.sample(logits) if ending is None else self.sampler.take(logits, ending)
         if grammar is not None:
             grammar.advance(token)
         if thinking is not None and token in stops and thinking.close_on_stop():
@@ -104,6 +106,18 @@ class Choice:
             self.last_forced = True
             return self.forced.popleft(), None
         return token, logprob
+
+
+def _end_token(logits: torch.Tensor, sampling: Any) -> int | None:
+    """The likeliest stop token, when the stop tokens together hold at least end_probability (after a
+    tool call: see SamplingParams.end_after_ids)."""
+    stops = list(sampling.stop_token_ids)
+    if not stops or sampling.end_probability <= 0:
+        return None
+    ending = torch.softmax(logits, dim=-1)[stops]
+    if float(ending.sum()) < sampling.end_probability:
+        return None
+    return stops[int(torch.argmax(ending))]
 
 
 def _tenant(item: Choice | Group) -> str | None:

@@ -522,3 +522,41 @@ def test_a_grammar_that_gives_up_mid_reply_ends_in_an_error(fp32: LoadedModel, c
     assert (error.status, error.code) == (400, "schema_too_complex")
     assert "2000" in str(error) and len(str(error)) < 500
     assert all(e.finish_reason is None for e in events)
+
+
+def test_end_after_a_marker_when_ending_is_likely_enough(fp32: LoadedModel, decoder: Decoder, tokenizer,
+                                                         chat_ids) -> None:
+    """SamplingParams.end_after_ids / end_probability (the rule after a tool call's close marker): right after
+    the marker the choice ends if the stop token holds at least end_probability; elsewhere nothing changes."""
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = chat_ids("Say just: yes")
+    alone = manual_greedy(decoder, prompt, 12)
+    with torch.inference_mode():  # the probability of ending after each greedy token
+        cache = decoder.new_cache(len(prompt) + 16)
+        decoder.prefill(cache, prompt)
+        ending = [float(torch.softmax(decoder.decode([cache], [t])[0].float(), -1)[im_end]) for t in alone[:4]]
+    at = 0  # a token after which ending is possible but not the model's first choice: the "marker"
+    assert alone[0] != im_end and 1e-6 < ending[at] < 0.5, ending
+
+    async def body(engine: EmbeddedEngine) -> list[list[int]]:
+        outs = []
+        for probability in (ending[at] / 2, min(1.0, ending[at] * 2), 0.0):
+            req = request(prompt, max_new_tokens=12, stop_token_ids=(im_end,), end_after_ids=(alone[at],),
+                          end_probability=probability)
+            outs.append(tokens_of((await collect(engine.generate(req)))[0]))
+        return outs
+
+    ended, unlikely, off = run_engine(fp32, body)
+    assert ended == [alone[at], im_end]
+    assert unlikely == off and off[: at + 2] == alone[: at + 2] and off[at + 1] != im_end
+
+
+def test_end_token_rule() -> None:
+    from engines.base import SamplingParams
+    from engines.embedded.scheduler import _end_token
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    params = SamplingParams(max_new_tokens=4, stop_token_ids=(2, 3), end_probability=0.2)
+    assert _end_token(logits, params) == 2  # 0.15 + 0.05 >= 0.2: the likelier stop token
+    assert _end_token(logits, SamplingParams(max_new_tokens=4, stop_token_ids=(2, 3), end_probability=0.25)) is None
+    assert _end_token(logits, SamplingParams(max_new_tokens=4, stop_token_ids=(), end_probability=0.01)) is None
