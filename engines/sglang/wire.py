@@ -190,8 +190,18 @@ def _logprobs(meta: _Meta, count: int) -> list[TokenLogprob] | None:
             for e, row in zip(entries, tops, strict=True)]
 
 
+# SGLang (OutputLogprobProcessor.compute_logprobs) clamps the -inf of a token its grammar masks to the lowest
+# float32, -3.4e38, before sending it; a -inf left as such would reach the wire as null (orjson). Both mean
+# -inf: the token could not be generated. A logprob of a token that could is nowhere near this bound.
+_MASKED_BELOW = -1e30
+
+
 def _float(value: Any) -> float:
-    return float("-inf") if value is None else float(value)  # SGLang's contract allows a null logprob
+    """A worker's logprob, -inf for a token it could not generate (sent as null or clamped)."""
+    if value is None:  # SGLang's contract allows a null logprob
+        return float("-inf")
+    logprob = float(value)
+    return float("-inf") if logprob <= _MASKED_BELOW else logprob
 
 
 def stream_error(payload: Any) -> EngineError:

@@ -45,6 +45,7 @@ def load_contract() -> ModuleType:
 
 API = load_contract()
 _NO_TOP_K = 1 << 30  # SGLang's "no top-k"
+FLOAT32_MIN = -3.4028234663852886e38  # torch.finfo(torch.float32).min
 
 
 @dataclass
@@ -225,8 +226,8 @@ class StandIn:
             out_ids.extend(event.token_ids)
             text += event.text
             for lp in event.logprobs or []:
-                logprobs.append(API.LogprobEntry(logprob=lp.logprob, token_id=lp.token_id))
-                tops.append([API.LogprobEntry(logprob=p, token_id=t) for t, p in lp.top])
+                logprobs.append(API.LogprobEntry(logprob=sglang_logprob(lp.logprob), token_id=lp.token_id))
+                tops.append([API.LogprobEntry(logprob=sglang_logprob(p), token_id=t) for t, p in lp.top])
             finish = None
             if event.finish_reason == "stop":
                 finish = API.FinishStop(matched=out_ids[-1])
@@ -269,6 +270,12 @@ class StandIn:
                 raise RuntimeError("the stand-in worker did not start")
             time.sleep(0.05)
         return server
+
+
+def sglang_logprob(value: float) -> float:
+    """A logprob as SGLang sends it: OutputLogprobProcessor.compute_logprobs clamps the -inf of a token its
+    grammar masks to the lowest float32 (the logits are float32), so the wire never holds -inf or null."""
+    return max(value, FLOAT32_MIN)
 
 
 def req_stop(req: Any, index: int) -> list[str]:

@@ -343,6 +343,27 @@ def test_logprobs_without_top_rows() -> None:
     assert event.logprobs == [TokenLogprob(1, -0.5, []), TokenLogprob(2, -1.5, [])]
 
 
+def test_logprobs_of_masked_tokens_are_minus_infinity() -> None:
+    """What SGLang 0.5.23 sends for the tokens its grammar masks: OutputLogprobProcessor.compute_logprobs clamps
+    their -inf to float32's lowest number; a -inf left unclamped reaches the wire as null (orjson). Both are
+    read as -inf, which the responses leave out of top_logprobs (issue 19); a real logprob, however low, stays."""
+    orjson = pytest.importorskip("orjson")
+    assert orjson.dumps([float("-inf")]) == b"[null]"  # SGLang's dumps_json on an unclamped -inf
+    clamped = -3.4028234663852886e38  # torch.finfo(torch.float32).min
+    entries = [API.LogprobEntry(logprob=-0.5, token_id=1), API.LogprobEntry(logprob=-0.01, token_id=6)]
+    tops = [[API.LogprobEntry(logprob=-0.5, token_id=1), API.LogprobEntry(logprob=-250.0, token_id=2),
+             API.LogprobEntry(logprob=clamped, token_id=3)],
+            [API.LogprobEntry(logprob=-0.01, token_id=6), API.LogprobEntry(logprob=None, token_id=4)]]
+    meta = API.GenerateMetaInfo(id="r", completion_tokens=2, output_token_logprobs=entries, output_top_logprobs=tops)
+    data = orjson.dumps(API.encode_GenerateResponse(API.GenerateResponse(meta_info=meta, output_ids=[1, 6])))
+    assert b"-3.4028234663852886e+38" in data and b"[null,4,null]" in data
+    event = ReplyReader(FakeTokenizer(), 1).read(data)
+    assert event is not None
+    inf = float("-inf")
+    assert event.logprobs == [TokenLogprob(1, -0.5, [(1, -0.5), (2, -250.0), (3, inf)]),
+                              TokenLogprob(6, -0.01, [(6, -0.01), (4, inf)])]
+
+
 def test_two_choices_interleaved() -> None:
     reader = ReplyReader(FakeTokenizer(), 2)
     a = stream([[1], [2], [3]], API.FinishStop(matched=3), incremental=False, index=0)
