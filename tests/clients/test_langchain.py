@@ -32,6 +32,14 @@ def test_invoke(llm):
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
 
 
+def test_max_tokens_arrives_as_max_completion_tokens(base_url):
+    short = ChatOpenAI(base_url=base_url, api_key="unused", model="default", temperature=0, max_tokens=3,
+                       max_retries=0, timeout=300)  # langchain-openai 1.x sends max_completion_tokens
+    reply = short.invoke(CAPITAL)
+    assert reply.response_metadata["finish_reason"] == "length"
+    assert reply.usage_metadata["output_tokens"] == 3
+
+
 def test_stream_usage_is_counted_once(llm, base_url):
     whole = llm.invoke(CAPITAL)
     streaming = ChatOpenAI(base_url=base_url, api_key="unused", model="default", temperature=0, max_tokens=60,
