@@ -60,7 +60,7 @@ def test_parse_with_a_pydantic_model(client):
 
 
 def test_tools_in_a_manual_agent_loop(client):
-    """Call, run the function, send its result back with the tools still offered: an answer, not another call."""
+    """Call, run the function, send its result back with the tools still offered: the answer uses it."""
     messages = [{"role": "user", "content": WEATHER}]
     ran: list[dict] = []
     for _ in range(3):  # an agent framework's max_turns
@@ -76,9 +76,7 @@ def test_tools_in_a_manual_agent_loop(client):
             messages.append({"role": "tool", "tool_call_id": call.id, "content": weather_report(**arguments)})
     assert ran and ran[0] == {"city": "Paris"}
     assert not message.tool_calls, f"still calling after {len(ran)} results: {message.tool_calls}"
-    # The loop ends after one call with an answer in words (it ran to max_turns before issue 19's grammar);
-    # whether the 0.5B model quotes the result is its own limit: 9/36 in bench/agent_loop (docs/tools.md).
-    assert len(ran) == 1 and message.content.strip() and '{"name"' not in message.content
+    assert "17" in message.content
 
 
 def test_n_2_counts_every_choice(client):

@@ -13,7 +13,7 @@ from tests.clients.shared import WEATHER, weather_report
 pytestmark = pytest.mark.default_model
 
 
-def test_agent_runs_a_tool_and_answers(base_url):
+def test_agent_runs_a_tool_and_answers_from_it(base_url):
     model = OpenAIChatModel("default", provider=OpenAIProvider(base_url=base_url, api_key="unused"))
     agent = Agent(model, instructions="You are a helpful assistant.",
                   model_settings={"temperature": 0, "max_tokens": 80})
@@ -28,6 +28,4 @@ def test_agent_runs_a_tool_and_answers(base_url):
     # Call, result -> answer: two requests, and one to spare (the default limit, 50, would only fail slowly).
     result = agent.run_sync(WEATHER, usage_limits=UsageLimits(request_limit=3))
     assert ran and ran[0] == "Paris"
-    # The loop ends after one call with an answer in words (it ran to max_turns before issue 19's grammar);
-    # whether the 0.5B model quotes the result is its own limit: 9/36 in bench/agent_loop (docs/tools.md).
-    assert len(ran) == 1 and result.output.strip() and '{"name"' not in result.output
+    assert "17" in result.output
