@@ -12,7 +12,6 @@ as raw JSON and SSE, so that a null is told apart from a missing field.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from engines.sglang.router import Router
 from sessions.manager import HEADER, engine_key, owner_of
+from tests.app.test_api_fake_engine import sse_events as strict_sse_events
 from tests.sglang.conftest import Deployment, deploy, stop
 from tests.sglang.standin import StandIn
 
@@ -76,16 +76,8 @@ def post(deployment: Deployment, worker: str | None = None, **body: Any) -> http
 
 
 def sse_events(response: httpx.Response) -> list[Any]:
-    """The stream strictly: every event one `data: ` line, [DONE] last (returned as the string)."""
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/event-stream")
-    text = response.text
-    assert text.endswith("\n\n")
-    events: list[Any] = []
-    for block in text[:-2].split("\n\n"):
-        assert block.startswith("data: ") and "\n" not in block, block
-        data = block[len("data: "):]
-        events.append(data if data == "[DONE]" else json.loads(data))
+    """The stream strictly (tests/app's parser), with [DONE] once and last."""
+    events = strict_sse_events(response)
     assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
     return events
 
