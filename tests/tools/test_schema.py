@@ -381,6 +381,27 @@ def test_auto_plan(renderer: Any) -> None:
     assert parser is not None and parser.bare and set(parser.schemas) == {"get_weather", "ping"}
 
 
+def test_a_reply_to_tool_results_calls_only_with_markers(renderer: Any) -> None:
+    """After a tool result the default model retypes its call as bare JSON instead of answering (issue 19)."""
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                    "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "21 degrees"}]
+    tools = [tool("get_weather", WEATHER)]
+    plan = plan_tools(request(tools=tools, messages=messages), Settings(), renderer)
+    assert plan.constraint is not None and plan.constraint.grammar.startswith("start: TEXT | TEXT? calls")
+    parser = plan.parser()
+    assert plan.bare_calls is False and parser is not None and not parser.bare
+    # A question after the result is a new turn: bare calls are read again; the setting keeps them always.
+    asked = plan_tools(request(tools=tools, messages=[*messages, {"role": "user", "content": "And Rome?"}]),
+                       Settings(), renderer)
+    assert asked.bare_calls is True
+    kept = plan_tools(request(tools=tools, messages=messages),
+                      msgspec.structs.replace(Settings(), bare_calls_after_tool_results=True), renderer)
+    assert kept.bare_calls is True and kept.constraint is not None
+    assert kept.constraint.grammar.startswith("start: TEXT | bare | TEXT? calls")
+
+
 def test_none_plan_shows_no_tools(renderer: Any) -> None:
     plan = plan_tools(request(tools=[tool("a", WEATHER)], tool_choice="none"), Settings(), renderer)
     assert plan == ToolPlan(schemas={"a": WEATHER})
