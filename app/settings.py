@@ -86,8 +86,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # after a complete tool call, end the reply when the model gives ending at least this probability
     # (embedded engine; 0: only when ending is its likeliest token, as sampling would)
     tool_call_end_probability: float = 0.0
-    # tool_choice "auto" after tool results: also read a reply of bare JSON as a call (small models then
-    # repeat the call they made instead of answering; docs/tools.md#answering-a-tool-result)
+    # tool_choice "auto" after tool results: also read a reply of bare JSON as a call, and leave "none" free
+    # (small models then repeat the call they made instead of answering; docs/tools.md#answering-a-tool-result)
     bare_calls_after_tool_results: bool = False
     # Checking a request's schemas (a child process; docs/security.md): over budget -> 400 schema_too_complex
     grammar_budget_s: float = 2.0  # time for all schema checks of one request

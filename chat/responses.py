@@ -104,7 +104,7 @@ class Run:
         if parser.repeated and delta.finish_reason is None:
             delta.finish_reason = choice.end("stop").finish_reason
         if delta.finish_reason is not None:
-            pieces += parser.finish()
+            pieces += parser.finish(truncated=delta.finish_reason == "length")
         self.pieces[choice.index].extend(pieces)
         return reasoning, delta, pieces
 

@@ -81,8 +81,12 @@ class ToolCallParser:
             return out
         return out
 
-    def finish(self) -> list[str | ParsedCall]:
-        """The end of the output: held-back text is content; an unfinished call is dropped."""
+    def finish(self, truncated: bool = False) -> list[str | ParsedCall]:
+        """The end of the output: held-back text is content; an unfinished call is dropped.
+
+        `truncated`: the output was cut off (max_tokens). In bare mode the grammar makes a reply that opens
+        with "{" a call, so such a reply cut off is an unfinished call too, not content.
+        """
         if self._in_call:
             log.info("dropped an unfinished tool call (%d characters)", len(self._pending))
         # The start of a marker cut off by max_tokens ("<tool_c") is debris too (streams never showed it).
@@ -92,6 +96,9 @@ class ToolCallParser:
             call = self._parse(_unfenced(rest))
             if call is not None and self._record(call):
                 return [call]
+            if call is None and truncated and rest.lstrip().startswith("{"):
+                log.info("dropped an unfinished bare tool call (%d characters)", len(rest))
+                return []
         if self.calls and not rest.strip():
             return []
         return [rest] if rest.strip() or not self.calls and rest else []

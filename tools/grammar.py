@@ -71,9 +71,15 @@ def json_or_calls_grammar(schema: dict[str, Any], tools: list[tuple[str, dict[st
 # Text of an "auto" reply: no "{" among its first three characters. Small models write a call as JSON,
 # often after a stray character or two ('>{"name": ...'); such a reply would reach the client as text.
 _TEXT = r"/(.|\n)+/ & ~/(.|\n){0,2}\{(.|\n)*/"
-# A reply to tool results opens like prose: a letter, a digit or a Markdown mark, never a code fence or a
-# bracket (the default model retypes its call there, in a fence, in parentheses, ...).
-_ANSWER = r"/[\p{L}\p{N}*#_\"'>-](.|\n)*/ & ~/(.|\n){0,2}\{(.|\n)*/"
+# A reply to tool results opens like prose: a letter, a digit, a currency sign, an emoji or a Markdown mark,
+# never a code fence or a bracket (the default model retypes its call there, in a fence, in parentheses, ...).
+_ANSWER = r"/[\p{L}\p{N}\p{Sc}\p{So}*#_\"'>-](.|\n)*/ & ~/(.|\n){0,2}\{(.|\n)*/"
+
+
+def answer_grammar() -> str:
+    """tool_choice "none" in reply to tool results: text that opens like prose (a small model told not to
+    call retypes its call as text instead; docs/tools.md#answering-a-tool-result)."""
+    return f"start: TEXT\nTEXT: {_ANSWER}"
 
 
 def auto_grammar(tools: list[tuple[str, dict[str, Any]]], markers: CallMarkers, *, parallel: bool,

@@ -113,6 +113,8 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
         plan.constraint = grammars.constraint(grammars.auto_grammar(allowed, markers, parallel=parallel,
                                                                     bare=bare))
         plan.bare_calls = bare
+    elif tools and choice == "none" and _answers_tool_results(req) and not settings.bare_calls_after_tool_results:
+        plan.constraint = grammars.constraint(grammars.answer_grammar())
     if plan.constraint is not None:
         check_grammar(plan.constraint.grammar, "tools" if offered else "response_format", checker, deadline)
     return plan

@@ -65,10 +65,14 @@ def test_auto_weather_question_yields_a_call(dclient):
 
 
 def test_auto_may_answer_in_text(dclient):
-    reply = ask(dclient, "Say hello to me.", tools=[WEATHER], max_tokens=20)
-    choice = reply.choices[0]
-    assert choice.message.content and not choice.message.tool_calls
-    assert choice.finish_reason in ("stop", "length")
+    # A question the weather tool has nothing to do with. ("Say hello to me." is borderline for the 0.5B
+    # model: with a warm prefix cache it called get_weather for London.)
+    for _ in range(2):  # cold, then from the prefix cache
+        reply = ask(dclient, "What is 2 + 2? Answer in words.", tools=[WEATHER], max_tokens=20)
+        choice = reply.choices[0]
+        assert choice.message.content and not choice.message.tool_calls
+        assert choice.finish_reason in ("stop", "length")
+        assert "{" not in choice.message.content
 
 
 def test_none_does_not_offer_tools(dclient):

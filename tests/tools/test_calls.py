@@ -169,6 +169,19 @@ def test_json_that_is_not_a_call_stays_content(text: str) -> None:
     assert summary([text], bare=True) == (text, [], False)
 
 
+@pytest.mark.parametrize("cut", [1, 10, len(BARE) // 2, len(BARE) - 1])
+def test_a_truncated_bare_call_is_dropped(cut: int) -> None:
+    """In bare mode the grammar makes a reply that opens with "{" a call: cut off by max_tokens, it is an
+    unfinished call, not the answer (seen: '{"name": "get_weather", "arguments": {"city": "London", "unit": "')."""
+    p = parser(bare=True)
+    assert p.feed(BARE[:cut]) == [] and p.finish(truncated=True) == [] and p.calls == []
+    # Not cut off, the same text is whatever the model wrote (the grammar could not have produced it).
+    assert summary([BARE[:cut]], bare=True) == (BARE[:cut], [], False)
+    # Text that is not JSON stays content even when cut off.
+    p = parser(bare=True)
+    assert p.feed("Hello there") == ["Hello there"] and p.finish(truncated=True) == []
+
+
 def test_bare_mode_text_streams_once_it_cannot_be_a_call() -> None:
     p = parser(bare=True)
     assert p.feed("`") == []  # could be the start of a ```json fence

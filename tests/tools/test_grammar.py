@@ -10,7 +10,7 @@ import torch
 
 from engines.base import Constraint
 from engines.embedded.grammar import GrammarCompiler, GrammarFailed, GrammarState
-from tools.grammar import CallMarkers, auto_grammar, constraint, json_or_calls_grammar, tool_calls_grammar
+from tools.grammar import CallMarkers, answer_grammar, auto_grammar, constraint, json_or_calls_grammar, tool_calls_grammar
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
            "required": ["city"]}
@@ -312,6 +312,8 @@ def test_grammar_keys_are_content_hashes(markers: CallMarkers) -> None:
     "**21 °C** in Paris",
     "- 21 °C\n- sunny",
     "Été: 21",
+    "$21 a night",
+    "☀️ sunny, 21 °C",
     "Let me also check the unit.\n" + UNIT_F,
     PARIS,
 ])
@@ -331,3 +333,14 @@ def test_answer_accepts(accepts: Any, markers: CallMarkers, text: str) -> None:
 ])
 def test_answer_rejects(accepts: Any, markers: CallMarkers, text: str) -> None:
     assert not accepts(auto_grammar(TOOLS, markers, parallel=True, bare=False), text)
+
+
+@pytest.mark.parametrize("text", ["It is 21 degrees in Paris.", "☀️ sunny", "- 21 °C"])
+def test_none_answer_accepts_prose(accepts: Any, text: str) -> None:
+    assert accepts(answer_grammar(), text)
+
+
+@pytest.mark.parametrize("text", ['{"name": "get_weather", "arguments": {"city": "Paris"}}', "```json\n{}\n```",
+                                  "(1)", "", "<tool_call>"])
+def test_none_answer_rejects_retyped_calls(accepts: Any, text: str) -> None:
+    assert not accepts(answer_grammar(), text)

@@ -400,6 +400,10 @@ def test_a_reply_to_tool_results_calls_only_with_markers(renderer: Any) -> None:
                       msgspec.structs.replace(Settings(), bare_calls_after_tool_results=True), renderer)
     assert kept.bare_calls is True and kept.constraint is not None
     assert kept.constraint.grammar.startswith("start: TEXT | bare | TEXT? calls")
+    # tool_choice "none" after the result: no tools shown, and the answer opens like prose.
+    none = plan_tools(request(tools=tools, messages=messages, tool_choice="none"), Settings(), renderer)
+    assert none.template_tools is None and none.constraint is not None
+    assert none.constraint.grammar.startswith("start: TEXT\n") and none.parser() is None
 
 
 def test_none_plan_shows_no_tools(renderer: Any) -> None:
