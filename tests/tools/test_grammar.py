@@ -10,7 +10,14 @@ import torch
 
 from engines.base import Constraint
 from engines.embedded.grammar import GrammarCompiler, GrammarFailed, GrammarState
-from tools.grammar import CallMarkers, answer_grammar, auto_grammar, constraint, json_or_calls_grammar, tool_calls_grammar
+from tools.grammar import (
+    CallMarkers,
+    answer_grammar,
+    auto_grammar,
+    constraint,
+    json_or_calls_grammar,
+    tool_calls_grammar,
+)
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
            "required": ["city"]}
