@@ -89,6 +89,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # tool_choice "auto" after tool results: also read a reply of bare JSON as a call, and leave "none" free
     # (small models then repeat the call they made instead of answering; docs/tools.md#answering-a-tool-result)
     bare_calls_after_tool_results: bool = False
+    # tool_choice "auto" after tool results: show the tools to the template again ("show"), leave them out
+    # ("hide": small models then answer from the result instead of retyping the call), or as the model's
+    # catalog entry says ("model": hide for the default 0.5B model, show otherwise; docs/tools.md)
+    tools_after_tool_results: Literal["model", "show", "hide"] = "model"
     # Checking a request's schemas (a child process; docs/security.md): over budget -> 400 schema_too_complex
     grammar_budget_s: float = 2.0  # time for all schema checks of one request
     grammar_memory_bytes: int = 512 * MiB  # address space of one checking process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import uuid
@@ -93,7 +94,9 @@ async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: 
         return ToolPlan()
     cancelled = threading.Event()  # a client that leaves stops its schema checks (tools/checker.py)
     try:
-        tools = await asyncio.to_thread(plan_tools, req, settings, served.renderer, checker, cancelled)
+        tools = await asyncio.to_thread(
+            functools.partial(plan_tools, req, settings, served.renderer, checker, cancelled,
+                              model_hides_tools=served.engine.model_info.hides_tools_after_results))
     except asyncio.CancelledError:
         cancelled.set()
         raise

@@ -24,6 +24,9 @@ class ModelInfo:
     owned_by: str = "lodestar"
     image_token_id: int | None = None  # the placeholder a vision model's prompt repeats once per image token
     vocab_size: int | None = None  # width of the model's logits: token ids are 0 .. vocab_size - 1 (None: unknown)
+    # Its answer to tool results is better with the tools left out of the prompt (small models retype
+    # the call they made; docs/tools.md#answering-a-tool-result)
+    hides_tools_after_results: bool = False
 
 
 @dataclass(slots=True)

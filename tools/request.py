@@ -49,8 +49,12 @@ def _single_token(tokenizer: Any, text: str) -> int | None:
 
 
 def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, checker: GrammarChecker,
-               cancelled: threading.Event | None = None) -> ToolPlan:
-    """Blocking (run it off the event loop); `cancelled` set by the caller stops the schema checks."""
+               cancelled: threading.Event | None = None, *, model_hides_tools: bool = False) -> ToolPlan:
+    """Blocking (run it off the event loop); `cancelled` set by the caller stops the schema checks.
+
+    `model_hides_tools`: the model answers tool results better without the tools in its prompt
+    (ModelInfo.hides_tools_after_results), used when the setting tools_after_tool_results is "model".
+    """
     tools = req.tools or []
     choice = req.tool_choice
     if len(tools) > settings.max_tools:
@@ -113,6 +117,12 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
         plan.constraint = grammars.constraint(grammars.auto_grammar(allowed, markers, parallel=parallel,
                                                                     bare=bare))
         plan.bare_calls = bare
+        hide = settings.tools_after_tool_results == "hide" or (
+            settings.tools_after_tool_results == "model" and model_hides_tools)
+        if hide and _answers_tool_results(req):
+            # The grammar still takes calls (with the markers), but the prompt shows the result, not the
+            # tools: the default model then answers from it (docs/tools.md#answering-a-tool-result).
+            plan.template_tools = None
     elif tools and choice == "none" and _answers_tool_results(req) and not settings.bare_calls_after_tool_results:
         plan.constraint = grammars.constraint(grammars.answer_grammar())
     if plan.constraint is not None:

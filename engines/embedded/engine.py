@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engines.base import Constraint, EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
+from engines.embedded.catalog import find_catalog_model
 from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import LoadedModel
@@ -34,7 +35,9 @@ class EmbeddedEngine:
         self.model_info = ModelInfo(
             id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=self.vision is not None,
             family=family, created=int(time.time()),
-            image_token_id=self.vision.image_token_id if self.vision else None, vocab_size=decoder.vocab_size)
+            image_token_id=self.vision.image_token_id if self.vision else None, vocab_size=decoder.vocab_size,
+            hides_tools_after_results=bool((entry := find_catalog_model(loaded.model_id))
+                                           and entry.hides_tools_after_results))
         self.tokenizer: Any = loaded.tokenizer
         self.max_queue = max_queue
         self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, grammar_cache_entries)

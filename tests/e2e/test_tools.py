@@ -105,8 +105,8 @@ def test_agent_loop_with_a_tool_result(dclient):
              "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 21, "sky": "sunny"})},
     ]
-    # A larger model answers from the result with tools still offered; this 0.5B one tends to call again,
-    # so the last turn asks for text with tool_choice "none" (the history still renders through the template).
+    # tool_choice "none" after a result: no tools in the prompt, and the answer opens like prose (told not
+    # to call, the 0.5B model retyped its call as text). "auto" here is covered by tests/clients.
     answer = ask(dclient, messages, tools=[WEATHER], tool_choice="none", max_tokens=40)
     choice = answer.choices[0]
     assert choice.message.content and not choice.message.tool_calls

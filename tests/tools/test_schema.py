@@ -26,8 +26,8 @@ def check_schema(schema: Any, param: str, *, object_root: bool) -> str:
     return check_with(schema, param, object_root=object_root, checker=CHECKER, deadline=CHECKER.deadline())
 
 
-def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any) -> ToolPlan:
-    return plan_with(req, settings, renderer, CHECKER)
+def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, **kw: Any) -> ToolPlan:
+    return plan_with(req, settings, renderer, CHECKER, **kw)
 
 ROOT = "tools[0].function.parameters"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -404,6 +404,28 @@ def test_a_reply_to_tool_results_calls_only_with_markers(renderer: Any) -> None:
     none = plan_tools(request(tools=tools, messages=messages, tool_choice="none"), Settings(), renderer)
     assert none.template_tools is None and none.constraint is not None
     assert none.constraint.grammar.startswith("start: TEXT\n") and none.parser() is None
+
+
+def test_a_model_that_answers_better_without_tools_gets_none_after_results(renderer: Any) -> None:
+    """The default 0.5B model answers a tool result from it only when its prompt leaves the tools out
+    (bench/agent_loop: 9 -> 14 of 36); the grammar still takes calls made with the markers."""
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                    "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "21 degrees"}]
+    tools = [tool("get_weather", WEATHER)]
+
+    def plan(msgs: list[dict[str, Any]], setting: str = "model", hides: bool = True) -> ToolPlan:
+        settings = msgspec.structs.replace(Settings(), tools_after_tool_results=setting)
+        return plan_tools(request(tools=tools, messages=msgs), settings, renderer, model_hides_tools=hides)
+
+    hidden = plan(messages)
+    assert hidden.template_tools is None and hidden.markers is not None
+    assert hidden.constraint is not None and "calls" in hidden.constraint.grammar
+    assert plan(messages[:1]).template_tools is not None  # the first turn shows them
+    assert plan(messages, hides=False).template_tools is not None  # other models see them again
+    assert plan(messages, "show").template_tools is not None
+    assert plan(messages, "hide", hides=False).template_tools is None
 
 
 def test_none_plan_shows_no_tools(renderer: Any) -> None:
