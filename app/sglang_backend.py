@@ -36,13 +36,14 @@ def build_sglang_model(settings: Settings) -> ServedModel:
         if launcher is not None:
             launcher.wait_healthy(settings.sglang_startup_timeout_s)
         facts: RuntimeFacts = _first_facts(urls, model_path, settings)
-        tokenizer, model_type, vocab_size = _tokenizer(settings.tokenizer or model_path)
+        tokenizer, model_type, vocab_size, model_context = _tokenizer(settings.tokenizer or model_path)
         family = detect_family(model_type, tokenizer.chat_template)
         workers = [Worker(url, connect_timeout_s=settings.sglang_connect_timeout_s,
                           read_timeout_s=settings.sglang_read_timeout_s, retry_s=settings.sglang_retry_s,
                           api_key=settings.sglang_api_key) for url in urls]
         engine = SGLangEngine(workers, facts, tokenizer=tokenizer, family=family.name, model_type=model_type,
-                              aliases=aliases, context_length=settings.context_length, vocab_size=vocab_size,
+                              model_context=model_context, aliases=aliases, context_length=settings.context_length,
+                              vocab_size=vocab_size,
                               health_interval_s=settings.sglang_health_interval_s,
                               on_close=launcher.stop if launcher is not None else None)
     except BaseException:
@@ -52,6 +53,9 @@ def build_sglang_model(settings: Settings) -> ServedModel:
     if facts.grammar_backend != "llguidance":
         log.warning("the SGLang workers run grammar backend %r, not llguidance: requests with tools or "
                     "response_format will be refused", facts.grammar_backend)
+    if not facts.incremental:
+        log.info("the SGLang workers stream cumulative output_ids (each event repeats the reply so far); "
+                 "--incremental-streaming-output makes relaying cheaper (docs/deployment.md)")
     renderer = PromptRenderer(tokenizer, family, vision=engine.model_info.vision)
     images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None
     fingerprint = "fp_" + hashlib.sha256(f"sglang:{facts.model_id}".encode()).hexdigest()[:10]
@@ -94,10 +98,11 @@ def _first_facts(urls: list[str], model_path: str, settings: Settings) -> Any:
         time.sleep(2.0)
 
 
-def _tokenizer(source: str) -> tuple[Any, str, int]:
-    """The model's tokenizer, type and vocabulary size (the width of its logits, which SGLang checks
-    logit_bias ids against) from a local folder, or from the local Hugging Face cache (which SGLang fills
-    when it downloads the model): Lodestar itself never downloads."""
+def _tokenizer(source: str) -> tuple[Any, str, int, int]:
+    """The model's tokenizer, type, vocabulary size (the width of its logits, which SGLang checks
+    logit_bias ids against) and context length (as SGLang reads it from the config) from a local folder,
+    or from the local Hugging Face cache (which SGLang fills when it downloads the model): Lodestar itself
+    never downloads."""
     from transformers import AutoConfig, AutoTokenizer
 
     from engines.embedded.loader import folder_chat_template
@@ -110,4 +115,22 @@ def _tokenizer(source: str) -> tuple[Any, str, int]:
     config = AutoConfig.from_pretrained(source, **kwargs)
     text_config = getattr(config, "text_config", None) or config  # vision models keep it there
     vocab_size = getattr(text_config, "vocab_size", None) or getattr(config, "vocab_size", None) or len(tokenizer)
-    return tokenizer, config.model_type, int(vocab_size)
+    return tokenizer, config.model_type, int(vocab_size), model_context_length(text_config)
+
+
+# Where model configs keep their context length, in the order SGLang prefers them when several are set.
+_CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length", "max_position_embeddings")
+
+
+def model_context_length(config: Any) -> int:
+    """A model's context length as SGLang derives it (its model config): the first key set, times a
+    linear rope-scaling factor (not for scalings that keep the original length, nor llama3's)."""
+    scaling = getattr(config, "rope_scaling", None) or {}
+    factor = scaling.get("factor", 1) if scaling else 1
+    if "original_max_position_embeddings" in scaling or scaling.get("rope_type") == "llama3":
+        factor = 1
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if value is not None:
+            return int(factor * value)
+    return 2048  # SGLang's own fallback

@@ -21,14 +21,20 @@ class Family:
     tool_call: tuple[str, str] | None = None
     # The chat-template keyword that switches thinking on or off, e.g. "enable_thinking".
     thinking_switch: str | None = None
+    # Text that a vision model's image processor reads as an image placeholder (SGLang's Qwen-VL processor
+    # also takes the legacy "<image>"): in message text it would bind to no image, so it is refused.
+    image_placeholders: tuple[str, ...] = ()
 
+
+_QWEN_VL_PLACEHOLDERS = ("<image>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
 
 FAMILIES: dict[str, Family] = {
     "chatml": Family("chatml", end_of_turn=("<|im_end|>", "<|endoftext|>")),
     "qwen2": Family("qwen2", end_of_turn=("<|im_end|>", "<|endoftext|>"),
-                    tool_call=("<tool_call>", "</tool_call>")),
+                    tool_call=("<tool_call>", "</tool_call>"), image_placeholders=_QWEN_VL_PLACEHOLDERS),
     "qwen3": Family("qwen3", end_of_turn=("<|im_end|>", "<|endoftext|>"), think=("<think>", "</think>"),
-                    tool_call=("<tool_call>", "</tool_call>"), thinking_switch="enable_thinking"),
+                    tool_call=("<tool_call>", "</tool_call>"), thinking_switch="enable_thinking",
+                    image_placeholders=_QWEN_VL_PLACEHOLDERS),
     "deepseek_r1": Family("deepseek_r1", end_of_turn=("<｜end▁of▁sentence｜>",), think=("<think>", "</think>")),
     "llama3": Family("llama3", end_of_turn=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")),
     "generic": Family("generic"),

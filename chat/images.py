@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from app.errors import APIError
-from app.protocol import ImagePart, Message
+from app.protocol import ImagePart, Message, TextPart
 from app.settings import Settings
 from engines.base import Engine, EngineImage
 from multimodal.errors import ImageError
@@ -36,6 +36,22 @@ def collect_images(messages: list[Message]) -> list[ImageRef]:
                     refs.append(ImageRef(f"messages[{i}].content[{j}]", part.image_url.url,
                                          part.image_url.detail or "auto"))
     return refs
+
+
+def refuse_placeholder_text(messages: list[Message], placeholders: tuple[str, ...]) -> None:
+    """A request with images: no message text may spell an image placeholder, which the model's image
+    processor would bind to an image (on SGLang, the legacy "<image>" too) and so miscount them."""
+    for i, message in enumerate(messages):
+        content = message.content
+        parts = [(f"messages[{i}].content", content)] if isinstance(content, str) else [
+            (f"messages[{i}].content[{j}].text", part.text) for j, part in enumerate(content or [])
+            if isinstance(part, TextPart)]
+        for param, text in parts:
+            found = next((p for p in placeholders if p in text), None)
+            if found is not None:
+                raise APIError(400, f"'{param}' contains {found!r}, which this model reads as an image "
+                               "placeholder; with images in the request, message text must not spell one",
+                               param=param, code="invalid_image_placeholder")
 
 
 def pixel_budget(detail: str, settings: Settings) -> int:

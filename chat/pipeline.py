@@ -19,7 +19,7 @@ from app.protocol import (
 )
 from app.settings import Settings
 from app.validation import logit_bias
-from chat.images import collect_images, expand_placeholders, prepare_images
+from chat.images import collect_images, expand_placeholders, prepare_images, refuse_placeholder_text
 from chat.reasoning import ReasoningMode, ReasoningSyntax, decide
 from chat.sessions import SessionTurn, continue_prompt
 from chat.template import PromptRenderer
@@ -127,6 +127,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     images = []
     if refs:
         assert served.images is not None  # validation refused images for a model without vision
+        refuse_placeholder_text(messages, renderer.family.image_placeholders)
         images = await prepare_images(refs, settings, served.images, served.engine)
     reasoning = decide(req, served.reasoning, settings)
 
@@ -179,6 +180,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         presence_penalty=req.presence_penalty or 0.0,
         seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
         stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
+        ignore_eos=bool(req.ignore_eos),
         stop=tuple(stops) if reasoning is None or not reasoning.section else (),
         logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size),  # validated already
         # after a complete tool call, a reply the model would as soon end does end (docs/tools.md)

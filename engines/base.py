@@ -40,6 +40,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    # Generate past the model's own end-of-sequence tokens too (then stop_token_ids is empty); SGLang
+    # stops at them unless told (its sampling_params.ignore_eos).
+    ignore_eos: bool = False
     min_new_tokens: int = 0  # stop tokens are not sampled before this many new tokens (SGLang's name)
     # A hint: an engine may end a choice once its text contains one of these (SGLang does); the pipeline
     # cuts the text at stop strings itself either way. Empty when stop strings must not apply to all of

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke test: SGLang on one GPU, Lodestar in front of it, checks through the official openai client.
+# Under 10 minutes on one GPU with a 0.5-3B model, once the weights are on disk.
 # Prints PASS/FAIL per check; the exit status is the number of failures. See docs/deployment.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +34,10 @@ trap 'exit 130' INT TERM
 
 SETSID=$(command -v setsid || true)
 # shellcheck disable=SC2086  # SGLANG_ARGS is split into arguments on purpose
+# Deterministic inference: seeds take effect only with it (the seeded_repeat check).
 $SETSID "$PYTHON" -m sglang.launch_server --model-path "$MODEL" --host 127.0.0.1 --port "$SGLANG_PORT" \
-  --grammar-backend llguidance $SGLANG_ARGS >"$WORK/sglang.log" 2>&1 &
+  --grammar-backend llguidance --incremental-streaming-output --enable-deterministic-inference \
+  $SGLANG_ARGS >"$WORK/sglang.log" 2>&1 &
 SGLANG_PID=$!
 # Qwen2.5-VL does not reason natively: reasoning requests use Lodestar's prompted thinking (two-call budgets).
 "$APP_PYTHON" -m app serve --engine sglang --sglang-url "http://127.0.0.1:$SGLANG_PORT" --model "$MODEL" \
@@ -54,8 +57,10 @@ until curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; do
 done
 
 status=0
-BASE_URL="http://127.0.0.1:$PORT/v1" "$APP_PYTHON" - <<'PY' || status=$?
-import base64, io, json, os, sys, uuid
+BASE_URL="http://127.0.0.1:$PORT/v1" SGLANG_URL="http://127.0.0.1:$SGLANG_PORT" "$APP_PYTHON" - <<'PY' || status=$?
+import base64, io, json, os, subprocess, sys, uuid
+
+import httpx
 
 import jsonschema
 from openai import OpenAI
@@ -96,13 +101,17 @@ def _():
     assert "".join(parts).strip(), "empty text"
 
 
-@check("image")
-def _():
+def png_url():
     img = Image.new("RGB", (320, 240), "white")
     ImageDraw.Draw(img).rectangle((80, 60, 240, 180), fill="red")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@check("image")
+def _():
+    url = png_url()
     text = {"type": "text", "text": "What color is the rectangle?"}
     with_image = ask([text, {"type": "image_url", "image_url": {"url": url}}])
     without = ask([text])
@@ -143,6 +152,63 @@ def _():
     second = ask("What is my favourite colour?", extra_headers=headers)
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached and cached > 0, f"turn 2 cached_tokens {cached} (turn 1 prompt_tokens {first.usage.prompt_tokens})"
+
+
+@check("ignore_eos")
+def _():
+    reply = ask("Say hi.", max_tokens=48, extra_body={"ignore_eos": True})
+    assert reply.usage.completion_tokens == 48, f"completion_tokens {reply.usage.completion_tokens}, asked 48"
+    assert reply.choices[0].finish_reason == "length", reply.choices[0].finish_reason
+
+
+@check("seeded_repeat")
+def _():
+    def sample(seed):
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+            max_tokens=40, temperature=1.0, seed=seed).choices[0].message.content
+    first, again = sample(1234), sample(1234)
+    assert first == again, f"seed 1234 gave {first!r}, then {again!r}"
+
+
+@check("context_length")
+def _():
+    ours = client.models.list().data[0].model_extra["context_length"]
+    sglang = os.environ["SGLANG_URL"]
+    theirs = httpx.get(sglang + "/v1/models", timeout=10).json()["data"][0]["max_model_len"]
+    longest = httpx.get(sglang + "/server_info", timeout=10).json().get("max_req_input_len")
+    expected = min(theirs, longest + 6) if longest else theirs  # a KV pool smaller than the context bounds it
+    assert ours == expected, f"Lodestar says {ours}, SGLang serves {theirs} (max_req_input_len {longest})"
+    reply = ask("Say hi.", max_tokens=None)  # the rest of the context, not a fallback
+    assert reply.choices[0].message.content.strip()
+
+
+@check("literal_image_text")
+def _():
+    parts = [{"type": "text", "text": "What does the HTML tag <image> do?"},
+             {"type": "image_url", "image_url": {"url": png_url()}}]
+    try:
+        ask(parts)
+        raise AssertionError("a literal <image> with one image was accepted")
+    except Exception as exc:  # the openai client's BadRequestError
+        body = getattr(exc, "body", None) or {}
+        assert getattr(exc, "status_code", None) == 400 and body.get("code") == "invalid_image_placeholder", exc
+    assert ask("What does the HTML tag <image> do?").choices[0].message.content.strip()  # text only: fine
+
+
+@check("connection_reuse")
+def _():
+    port = os.environ["SGLANG_URL"].rsplit(":", 1)[1]
+
+    def local_ports():  # Lodestar's established connections to the worker
+        out = subprocess.run(["ss", "-tnH", "state", "established", f"( dport = :{port} )"],
+                             capture_output=True, text=True, check=True).stdout
+        return {line.split()[-2] for line in out.splitlines() if line.strip()}
+    seen = set()
+    for i in range(10):
+        ask(f"Say the number {i}.", max_tokens=8)
+        seen |= local_ports()
+    assert len(seen) <= 3, f"{len(seen)} connections for 10 requests: {sorted(seen)}"
 
 
 sys.exit(failures)

@@ -33,11 +33,14 @@ class RuntimeFacts:
     """What the workers told us about themselves at start-up."""
 
     model_id: str
-    context_length: int
+    context_length: int  # the worker's --context-length; 0 when it uses the model's own (the default)
+    max_input_tokens: int  # the longest prompt the worker takes (its max_req_input_len; 0: not said)
     vision: bool
     grammar_backend: str | None  # "llguidance" is the one that reads Lodestar's grammars
-    strict_thinking: bool  # max_thinking_tokens is enforced (--enable-strict-thinking)
+    strict_thinking: bool  # --enable-strict-thinking (not used: see SGLangEngine.thinking_budgets)
     reasoning_parser: str | None
+    deterministic: bool  # --enable-deterministic-inference: only then does sampling_seed take effect
+    incremental: bool  # --incremental-streaming-output: each event holds only its new output_ids
 
 
 def read_facts(url: str, fallback_id: str, *, api_key: str | None = None) -> RuntimeFacts:
@@ -46,33 +49,54 @@ def read_facts(url: str, fallback_id: str, *, api_key: str | None = None) -> Run
     server = fetch_json(url, ("/server_info", "/get_server_info"), api_key)
     return RuntimeFacts(
         model_id=str(model.get("served_model_name") or model.get("model_path") or fallback_id),
-        context_length=int(server.get("max_context_length") or server.get("context_length") or 0),
+        context_length=int(server.get("context_length") or server.get("max_context_length") or 0),
+        max_input_tokens=int(server.get("max_req_input_len") or 0),
         vision=bool(model.get("has_image_understanding")),
         grammar_backend=server.get("grammar_backend"),
         strict_thinking=bool(server.get("enable_strict_thinking")),
-        reasoning_parser=model.get("reasoning_parser") or server.get("reasoning_parser"))
+        reasoning_parser=model.get("reasoning_parser") or server.get("reasoning_parser"),
+        deterministic=bool(server.get("enable_deterministic_inference")),
+        incremental=bool(server.get("incremental_streaming_output")))
+
+
+# SGLang refuses prompts longer than max_req_input_len = context - 6 (tp_worker.py: max_req_len is the
+# context less one, the input limit five less than that).
+_INPUT_MARGIN = 6
+
+
+def context_length_of(facts: RuntimeFacts, model_context: int, setting: int | None) -> int:
+    """The context the workers really serve: their --context-length, else the model's own (its config, as
+    SGLang reads it), within the longest prompt they take; Lodestar's --context-length can only lower it."""
+    ctx = facts.context_length or model_context
+    if facts.max_input_tokens:
+        ctx = min(ctx, facts.max_input_tokens + _INPUT_MARGIN)
+    return min(ctx, setting) if setting else ctx
 
 
 class SGLangEngine:
     def __init__(self, workers: list[Worker], facts: RuntimeFacts, *, tokenizer: Any, family: str,
-                 model_type: str, aliases: tuple[str, ...] = (), context_length: int | None = None,
-                 vocab_size: int | None = None, health_interval_s: float = 10.0,
+                 model_type: str, model_context: int, aliases: tuple[str, ...] = (),
+                 context_length: int | None = None, vocab_size: int | None = None, health_interval_s: float = 10.0,
                  on_close: Callable[[], None] | None = None) -> None:
         self.router = Router(workers)
         self.facts = facts
         self.tokenizer = tokenizer
-        # SGLang counts the budget and closes the section itself only when asked to (strict thinking), and
-        # then applies a grammar after the section only with a reasoning parser; else the pipeline's two
-        # calls enforce the budget.
-        self.thinking_budgets = facts.strict_thinking and facts.reasoning_parser is not None
+        # Reasoning budgets are always the pipeline's two calls: SGLang's own (max_thinking_tokens under
+        # --enable-strict-thinking) needs a grammar backend that filters tokens, which llguidance, the one
+        # Lodestar's grammars need, does not; SGLang then refuses to start or ignores the budget
+        # (constrained/reasoner_grammar_backend.py).
+        self.thinking_budgets = False
+        if facts.strict_thinking:
+            log.info("the workers run --enable-strict-thinking; reasoning budgets are still Lodestar's two calls")
+        self._seed_warned = facts.deterministic  # warn once when a seed cannot be honoured
         vision = facts.vision and model_type in QWEN_VL_TYPES
         if facts.vision and not vision:
             log.warning("the workers' model takes images, but Lodestar cannot count image tokens for model "
                         "type %r: images are refused", model_type)
         image_token = tokenizer.convert_tokens_to_ids("<|image_pad|>") if vision else None
-        ctx = facts.context_length or context_length or 4096
         self.model_info = ModelInfo(
-            id=facts.model_id, aliases=aliases, context_length=min(ctx, context_length or ctx), vision=vision,
+            id=facts.model_id, aliases=aliases, context_length=context_length_of(facts, model_context, context_length),
+            vision=vision,
             family=family, created=int(time.time()), owned_by="sglang", image_token_id=image_token,
             vocab_size=vocab_size)
         self._health_interval_s = health_interval_s
@@ -141,22 +165,33 @@ class SGLangEngine:
             assert placeholder is not None
             prompt = self.tokenizer.decode(collapse_placeholders(req.prompt_ids, placeholder),
                                            skip_special_tokens=False)
-        budget = req.thinking.max_tokens if req.thinking is not None and self.thinking_budgets else None
-        return generate_body(req, prompt=prompt, image_urls=image_urls, max_thinking_tokens=budget)
+        return generate_body(req, prompt=prompt, image_urls=image_urls)
 
     async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
         body = self._body(req)
         headers = {ROUTING_KEY_HEADER: req.session_key} if req.session_key else {}
         rids = choice_rids(req)
-        reader = ReplyReader(self.tokenizer, req.n)
-        last_error: EngineError | None = None
+        if req.sampling.seed is not None and not self._seed_warned:
+            self._seed_warned = True
+            log.warning("a request has a seed, but the SGLang workers run without "
+                        "--enable-deterministic-inference: their sampling is not repeatable "
+                        "(docs/deployment.md#what-reaches-the-workers); said once")
+        # For image prompts the worker counts the text prompt's single placeholders: the count is ours.
+        reader = ReplyReader(self.tokenizer, req.n, prompt_tokens=len(req.prompt_ids) if req.images else None)
+        tried: list[str] = []
+        retry_after = 5.0
         for worker in self.router.candidates(req.session_key):
             self._active[req.request_id] = (worker, rids)
             started = unreachable = False
+            stream = worker.generate(body, headers)
             try:
-                async for data in worker.generate(body, headers):
+                async for data in stream:
                     started = True
                     event = reader.read(data)
+                    if reader.done:
+                        # Read on to the stream's end before the last event leaves (the caller stops
+                        # there), so the connection goes back to the pool instead of being dropped.
+                        await _drain(stream)
                     if event is not None:
                         yield event
                     if reader.done:
@@ -166,13 +201,16 @@ class SGLangEngine:
             except WorkerUnreachable as exc:
                 if started:
                     raise
-                unreachable, last_error = True, exc  # nothing was sent: the next worker takes it
+                unreachable = True  # nothing was sent: the next worker takes it
+                tried.append(worker.url)
+                retry_after = exc.retry_after or retry_after
                 continue
             finally:
                 self._active.pop(req.request_id, None)
                 if not reader.done and not unreachable:
                     self._spawn(worker.abort(rids))  # the client left or it failed: free the GPU now
-        raise last_error or EngineError("no SGLang worker is answering", status=503, code="engine_unavailable")
+        raise EngineError(f"no SGLang worker is answering (tried {', '.join(tried)}); retry shortly", status=503,
+                          code="engine_unavailable", retry_after=retry_after)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -190,6 +228,14 @@ class SGLangEngine:
             await asyncio.sleep(self._health_interval_s)
             with contextlib.suppress(Exception):
                 await asyncio.gather(*(w.check_health() for w in self.router.workers))
+
+
+async def _drain(stream: AsyncIterator[bytes], timeout_s: float = 1.0) -> None:
+    """What follows the last choice's finish: only `data: [DONE]`, sent at once (bounded all the same)."""
+    with contextlib.suppress(TimeoutError, EngineError):
+        async with asyncio.timeout(timeout_s):
+            async for _ in stream:
+                pass
 
 
 def fetch_json(url: str, paths: tuple[str, ...], api_key: str | None = None) -> dict[str, Any]:

@@ -31,7 +31,10 @@ class Launcher:
         self.command = [python or sys.executable, "-m", "sglang.launch_server", "--model-path", model_path,
                         "--host", "127.0.0.1", "--port", str(port),
                         # Lodestar's tool and response_format grammars are llguidance's Lark dialect.
-                        "--grammar-backend", "llguidance", *extra_args]
+                        "--grammar-backend", "llguidance",
+                        # Each event then holds only its new tokens, not all of them again (O(n) per
+                        # event instead of O(n^2) per reply for the relay; the reader takes both).
+                        "--incremental-streaming-output", *extra_args]
         self.env = env
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()

@@ -39,6 +39,8 @@ def sampling_params(req: EngineRequest, index: int) -> dict[str, Any]:
     }
     if s.stop:
         params["stop"] = list(s.stop)  # the worker ends early; the pipeline still cuts the text
+    if s.ignore_eos:
+        params["ignore_eos"] = True  # else the worker stops at the model's EOS whatever stop_token_ids says
     if s.top_k > 0:
         params["top_k"] = s.top_k
     if s.min_new_tokens:
@@ -54,8 +56,7 @@ def sampling_params(req: EngineRequest, index: int) -> dict[str, Any]:
     return params
 
 
-def generate_body(req: EngineRequest, *, prompt: list[int] | str, image_urls: list[str],
-                  max_thinking_tokens: int | None) -> dict[str, Any]:
+def generate_body(req: EngineRequest, *, prompt: list[int] | str, image_urls: list[str]) -> dict[str, Any]:
     """The JSON body of one streamed `/generate` call for all of the request's choices."""
     n = req.n
     prompt_key = "text" if isinstance(prompt, str) else "input_ids"
@@ -72,8 +73,6 @@ def generate_body(req: EngineRequest, *, prompt: list[int] | str, image_urls: li
     if req.logprobs:
         body["return_logprob"] = True
         body["top_logprobs_num"] = req.top_logprobs
-    if max_thinking_tokens is not None:
-        body["max_thinking_tokens"] = max_thinking_tokens
     return body
 
 
@@ -123,6 +122,7 @@ class ReplyReader:
 
     tokenizer: Any
     n: int
+    prompt_tokens: int | None = None  # the prompt's size when Lodestar knows it better (image prompts)
     choices: list[_ChoiceState] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -160,7 +160,7 @@ class ReplyReader:
             state.finished = True
         return EngineEvent(index=index, token_ids=list(new_ids), text=text,
                            logprobs=_logprobs(meta, len(new_ids)), finish_reason=finish,
-                           prompt_tokens=meta.prompt_tokens, cached_tokens=meta.cached_tokens)
+                           prompt_tokens=self.prompt_tokens or meta.prompt_tokens, cached_tokens=meta.cached_tokens)
 
 
 def _finish(reason: dict[str, Any] | None) -> FinishReason | None:

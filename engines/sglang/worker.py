@@ -59,12 +59,14 @@ class Worker:
                     if response.status_code != 200:
                         raise await self._refusal(response)
                     self.mark_up()
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
+                    done = False
+                    async for line in response.aiter_lines():  # to the body's end: the connection is reused
+                        if done or not line.startswith("data:"):
                             continue
                         data = line[5:].strip()
                         if data == "[DONE]":
-                            return
+                            done = True
+                            continue
                         yield data.encode()
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self.mark_down(f"cannot connect: {exc}")

@@ -347,9 +347,11 @@ def test_engine_not_ready_when_loading_fails() -> None:
 
 
 def test_engine_reporting_unready_is_503(engine: FakeEngine, client: TestClient) -> None:
+    """A loaded engine whose workers do not answer is unavailable, not loading (issue 20)."""
     engine.is_ready = False
-    assert_error(client.post(CHAT, json=body()), 503, code="engine_not_ready")
-    assert_error(client.get("/ready"), 503, code="engine_not_ready")
+    error = assert_error(client.post(CHAT, json=body()), 503, code="engine_unavailable")
+    assert "still loading" not in error["message"]
+    assert_error(client.get("/ready"), 503, code="engine_unavailable")
 
 
 def test_unknown_route_and_method(client: TestClient) -> None:

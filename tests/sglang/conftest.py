@@ -62,8 +62,9 @@ def qwen3_engine(tiny_qwen3_model: Path) -> Any:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory, smollm2_engine: Any) -> Iterator[Deployment]:
     """Two workers on one model: the first streams cumulative output (SGLang's default), the second
-    incremental output (--incremental-streaming-output)."""
+    incremental output (--incremental-streaming-output); both honour seeds (--enable-deterministic-inference)."""
     deployment, servers = deploy(tmp_path_factory.mktemp("sglang"), "smollm2",
-                                 StandIn(smollm2_engine, name="a"), StandIn(smollm2_engine, name="b", incremental=True))
+                                 StandIn(smollm2_engine, name="a", deterministic=True),
+                                 StandIn(smollm2_engine, name="b", incremental=True, deterministic=True))
     yield deployment
     stop(deployment, servers)

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from engines.base import Constraint, EngineError, EngineRequest, SamplingParams, ThinkingBudget
+from engines.base import Constraint, EngineError, EngineRequest, SamplingParams
 
 
 def load_contract() -> ModuleType:
@@ -62,12 +62,16 @@ class StandIn:
     engine: Any  # an EmbeddedEngine
     name: str = "worker"
     incremental: bool = False  # SGLang's --incremental-streaming-output
-    strict_thinking: bool = False  # SGLang's --enable-strict-thinking (max_thinking_tokens enforced)
-    think_close: str = "</think>"
+    # SGLang's --enable-strict-thinking. With --grammar-backend llguidance (which cannot filter tokens)
+    # SGLang does not enforce max_thinking_tokens (constrained/reasoner_grammar_backend.py): neither does this.
+    strict_thinking: bool = False
+    deterministic: bool = False  # --enable-deterministic-inference: only then is sampling_seed honoured
     faults: Faults = field(default_factory=Faults)
     requests: list[Any] = field(default_factory=list)  # decoded GenerateRequests, in arrival order
     headers: list[dict[str, str]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    expanded_prompt_tokens: list[int] = field(default_factory=list)  # each prompt's size, images expanded
+    connections: set[tuple[str, int]] = field(default_factory=set)  # the clients' (host, port): one per TCP connection
 
     # -- ASGI --------------------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -93,12 +97,17 @@ class StandIn:
             return await _json(send, 200, {**API.encode_GetModelInfoResponse(info),
                                            "has_image_understanding": vision})
         if method == "GET" and path in ("/server_info", "/get_server_info"):
-            server = API.GetServerInfoResponse(model_path=self.name, served_model_name="standin-model",
-                                               max_context_length=self.engine.model_info.context_length,
-                                               version="0.5.23", incremental_streaming_output=self.incremental)
-            return await _json(send, 200, {**API.encode_GetServerInfoResponse(server),
-                                           "grammar_backend": "llguidance",
-                                           "enable_strict_thinking": self.strict_thinking})
+            # The real server's shape and defaults (http_server.py server_info: its resolved server args
+            # and the scheduler's facts): no --context-length, so context_length is null and no
+            # max_context_length at all; the input limit is the scheduler's max_req_input_len.
+            ctx = self.engine.model_info.context_length
+            return await _json(send, 200, {
+                "model_path": self.name, "served_model_name": "standin-model", "tokenizer_path": self.name,
+                "version": "0.5.23", "context_length": None, "max_req_input_len": ctx - 6,
+                "max_total_num_tokens": 1 << 20, "grammar_backend": "llguidance",
+                "enable_strict_thinking": self.strict_thinking,
+                "enable_deterministic_inference": self.deterministic,
+                "incremental_streaming_output": self.incremental})
         if method == "POST" and path == "/abort_request":
             rid = json.loads(body or b"{}").get("rid")
             self.aborted.append(rid)
@@ -114,6 +123,8 @@ class StandIn:
         except (ValueError, API.JsonContractError) as exc:  # what SGLang answers for a contract error
             return await _json(send, 400, {"error": str(exc)})
         self.requests.append(req)
+        if scope.get("client"):
+            self.connections.add(tuple(scope["client"]))
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         try:
             verify_logit_bias(req, self.engine.model_info.vocab_size)
@@ -177,6 +188,7 @@ class StandIn:
         engine_images = []
         if isinstance(prompt, str):
             ids = self.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            reported = len(ids)  # what the issue saw: the text prompt's count, placeholders not expanded
             for url in (image_data if isinstance(image_data, list) else [image_data] if image_data else []):
                 engine_images.append(await asyncio.to_thread(self._image, url))
             if engine_images:
@@ -185,31 +197,29 @@ class StandIn:
                 ids = expand_placeholders(ids, self.engine.model_info.image_token_id, engine_images)
         else:
             ids = list(prompt)
+            reported = len(ids)
+        self.expanded_prompt_tokens.append(len(ids))
         constraint = _constraint(sp)
         if constraint is not None:
             await asyncio.to_thread(self.engine.prepare_constraint, constraint)
-        thinking = None
-        if req.max_thinking_tokens is not None and self.strict_thinking:
-            close = "\n" + self.think_close
-            thinking = ThinkingBudget(max_tokens=req.max_thinking_tokens, close_text=self.think_close,
-                                      close_ids=tuple(self.engine.tokenizer.encode(close, add_special_tokens=False)),
-                                      close_insert=close)
         top_logprobs = req.top_logprobs_num if isinstance(req.top_logprobs_num, int) else 0
         engine_req = EngineRequest(
-            request_id=rid, prompt_ids=ids, images=engine_images, constraint=constraint, thinking=thinking,
+            request_id=rid, prompt_ids=ids, images=engine_images, constraint=constraint,
             logprobs=bool(req.return_logprob), top_logprobs=top_logprobs or 0,
             sampling=SamplingParams(
                 max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p,
                 top_k=0 if sp.top_k in (None, -1, _NO_TOP_K) else sp.top_k, min_p=sp.min_p,
                 frequency_penalty=sp.frequency_penalty, presence_penalty=sp.presence_penalty,
-                seed=sp.sampling_seed, stop_token_ids=tuple(sp.stop_token_ids or ()),
+                # Without --enable-deterministic-inference SGLang ignores sampling_seed
+                # (sampling/sampling_batch_info.py): each call samples afresh.
+                seed=sp.sampling_seed if self.deterministic else None, stop_token_ids=self._stop_ids(sp),
                 min_new_tokens=sp.min_new_tokens or 0, logit_bias=_logit_bias(sp)))
         out_ids: list[int] = []
         try:
-            async for event in self._events(engine_req, rid, len(ids), index, req, out_ids):
+            async for event in self._events(engine_req, rid, reported, index, req, out_ids):
                 await queue.put(event)
         except EngineError as exc:  # aborted: SGLang ends the choice with an abort finish
-            meta = API.GenerateMetaInfo(id=rid, prompt_tokens=len(ids), completion_tokens=len(out_ids),
+            meta = API.GenerateMetaInfo(id=rid, prompt_tokens=reported, completion_tokens=len(out_ids),
                                         finish_reason=API.FinishAbort(message=str(exc), status_code=exc.status))
             await queue.put(API.encode_GenerateResponse(API.GenerateResponse(meta_info=meta, output_ids=[],
                                                                              index=index)))
@@ -247,6 +257,15 @@ class StandIn:
             yield API.encode_GenerateResponse(reply)
             if finish is not None:
                 return  # leaving the engine's stream ends its work
+
+    def _stop_ids(self, sp: Any) -> tuple[int, ...]:
+        """SGLang stops at the request's stop_token_ids and, unless ignore_eos, at the model's EOS tokens
+        (SamplingParams.normalize adds the tokenizer's and generation config's; schedule_batch.check_finished)."""
+        ids = list(sp.stop_token_ids or ())
+        eos = self.engine.tokenizer.eos_token_id
+        if not sp.ignore_eos and eos is not None and eos not in ids:
+            ids.append(eos)
+        return tuple(ids)
 
     def _image(self, url: str) -> Any:
         from PIL import Image
@@ -338,10 +357,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--grammar-backend")
+    parser.add_argument("--incremental-streaming-output", action="store_true")
     args, _ = parser.parse_known_args()
     import uvicorn
 
-    uvicorn.run(StandIn(build_engine(args.model_path), name=args.model_path), host=args.host, port=args.port,
+    standin = StandIn(build_engine(args.model_path), name=args.model_path,
+                      incremental=args.incremental_streaming_output)
+    uvicorn.run(standin, host=args.host, port=args.port,
                 log_level="warning", lifespan="off")
 
 

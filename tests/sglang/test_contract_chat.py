@@ -48,9 +48,44 @@ def test_chat_answers_through_sglang_contract(two_workers: Deployment):
     assert sent.rid.startswith("chatcmpl-") and sent.sampling_params.stop_token_ids
 
 
-def test_models_lists_the_runtime(two_workers: Deployment):
+def test_models_lists_the_runtime(two_workers: Deployment, smollm2_engine):
     models = two_workers.client().models.list().data
     assert [m.id for m in models] == ["standin-model"]
+    # The real server says context_length null (no --context-length): the model's own context counts,
+    # not an invented 4096 (issue 20); SmolLM2's config says 8192.
+    assert models[0].model_extra["context_length"] == smollm2_engine.model_info.context_length == 8192
+
+
+def test_omitted_max_tokens_fill_the_real_context(two_workers: Deployment):
+    before = [len(w.requests) for w in two_workers.workers]
+    reply = ask(two_workers.client(), max_tokens=None)
+    sent = next(w.requests[-1] for w, n in zip(two_workers.workers, before, strict=True) if len(w.requests) > n)
+    assert sent.sampling_params.max_new_tokens == 8192 - reply.usage.prompt_tokens
+
+
+def test_ignore_eos_reaches_the_worker(two_workers: Deployment):
+    """Without ignore_eos in sampling_params a worker stops at the model's EOS, whatever stop_token_ids say."""
+    reply = ask(two_workers.client(), max_tokens=40, extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 40
+    sent = next(w.requests[-1] for w in two_workers.workers if w.requests)
+    assert sent.sampling_params.ignore_eos is True and not sent.sampling_params.stop_token_ids
+    plain = ask(two_workers.client(), max_tokens=40)  # the same question ends at the model's own end
+    assert plain.choices[0].finish_reason == "stop" and plain.usage.completion_tokens < 40
+
+
+def test_connections_to_workers_are_kept_alive(two_workers: Deployment):
+    """Each stream is read to its [DONE], so the connection goes back to the pool (it was one per call)."""
+    client = two_workers.client()
+    ask(client)  # a pooled connection to whichever worker exists from here on
+    before = [set(w.connections) for w in two_workers.workers]
+    calls = 8
+    for stream in (False, True):
+        for _ in range(calls // 2):
+            reply = ask(client, stream=stream, max_tokens=8)
+            if stream:
+                assert [c for c in reply]  # read to the end
+    new = sum(len(w.connections - b) for w, b in zip(two_workers.workers, before, strict=True))
+    assert new <= 1, f"{new} new connections for {calls} calls"
 
 
 def test_streaming_matches_the_whole_response(two_workers: Deployment):
@@ -214,6 +249,7 @@ def test_contract_error_from_sglang_is_a_400(two_workers: Deployment):
 
 def test_unreachable_worker_is_skipped(tmp_path, smollm2_engine):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    # A worker with SGLang's defaults: no --enable-deterministic-inference, so seeds do nothing there.
     deployment, servers = deploy(tmp_path, "smollm2", StandIn(smollm2_engine, name="live"), dead_urls=(dead,))
     try:
         client = deployment.client()
@@ -222,5 +258,32 @@ def test_unreachable_worker_is_skipped(tmp_path, smollm2_engine):
         assert len(deployment.workers[0].requests) == 6
         stats = engine_stats(deployment)
         assert stats["workers"] == 2 and stats["workers_up"] == 1
+
+        # Seeds on such a worker: sent, and the log says once that they are not honoured.
+        for _ in range(2):
+            ask(client, seed=5, temperature=1.0, max_tokens=4)
+        assert deployment.workers[0].requests[-1].sampling_params.sampling_seed == 5
+        assert deployment.server.log().count("--enable-deterministic-inference") == 1
+
+        # Every worker down: 503 engine_unavailable naming both, then (out of rotation) the same code,
+        # never "still loading".
+        servers[0].should_exit = True
+        assert wait_for(lambda: not _answers(deployment.urls[1]))
+        with pytest.raises(openai.APIStatusError) as first:
+            ask(client)
+        assert first.value.status_code == 503 and first.value.body["code"] == "engine_unavailable"
+        assert dead in first.value.body["message"] and deployment.urls[1] in first.value.body["message"]
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError) as later:
+                ask(client)
+            assert later.value.status_code == 503 and later.value.body["code"] == "engine_unavailable", later.value.body
+            assert "loading" not in later.value.body["message"]
     finally:
         stop(deployment, servers)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

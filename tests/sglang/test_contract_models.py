@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import openai
 import pytest
 from PIL import Image
 
@@ -35,7 +36,8 @@ def reasoning_text(message: Any) -> str | None:
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory, qwen3_engine, tiny_qwen3_model: Path) -> Iterator[Deployment]:
-    """A worker started with --enable-strict-thinking and a reasoning parser: SGLang enforces budgets."""
+    """A worker started with --enable-strict-thinking and a reasoning parser, under llguidance: SGLang does
+    not enforce max_thinking_tokens then (reasoner_grammar_backend.py), so neither does the stand-in."""
     deployment, servers = deploy(tmp_path_factory.mktemp("strict"), str(tiny_qwen3_model),
                                  StandIn(qwen3_engine, name="strict", strict_thinking=True))
     yield deployment
@@ -66,17 +68,18 @@ def test_required_tool_call_matches_its_schema(strict: Deployment):
     assert sent.ebnf and "get_weather" in sent.ebnf  # the grammar travels as SGLang's `ebnf` (llguidance)
 
 
-def test_budget_enforced_by_sglang_max_thinking_tokens(strict: Deployment):
+def test_budget_enforced_by_two_calls_with_strict_thinking(strict: Deployment):
+    """Issue 20: one call with max_thinking_tokens did nothing on an llguidance worker; two calls do."""
     worker = strict.workers[0]
     for budget in (3, 8):
         before = len(worker.requests)
         reply = strict.client().chat.completions.create(
             model="standin-model", messages=QUESTION, max_tokens=budget + 20, temperature=1.0, seed=1,
             extra_body={"reasoning": {"max_tokens": budget}})
-        assert len(worker.requests) == before + 1  # one call: the worker closes the section itself
-        assert worker.requests[-1].max_thinking_tokens == budget
-        # SGLang's strict thinking ends the section with a newline of its own before the close marker.
-        assert 0 < usage_reasoning(reply) <= budget + 1
+        sent = worker.requests[before:]
+        assert len(sent) == 2 and all(r.max_thinking_tokens is None for r in sent)
+        assert sent[0].sampling_params.max_new_tokens == budget
+        assert 0 < usage_reasoning(reply) <= budget
         assert reasoning_text(reply.choices[0].message)
         assert reply.choices[0].message.content
 
@@ -126,6 +129,29 @@ def test_images_reach_sglang_as_checked_data_urls(vision: Deployment):
     # A text prompt with one placeholder per image (SGLang expands them) and PNG data URLs, never a URL to fetch.
     assert sent.input_ids is None and sent.text.count("<|image_pad|>") == 2
     assert len(sent.image_data) == 2 and all(u.startswith("data:image/png;base64,") for u in sent.image_data)
-    # The worker's own count of the expanded prompt is what Lodestar reports, and images count.
+    # The prompt as the model sees it, images expanded: Lodestar's count (the worker's own counts the text
+    # prompt's single placeholders).
+    assert reply.usage.prompt_tokens == vision.workers[0].expanded_prompt_tokens[-1]
     assert reply.usage.prompt_tokens > text_only.usage.prompt_tokens + 2
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("spelling", ["<image>", "<|image_pad|>", "<|vision_start|>"])
+def test_placeholder_text_with_images_is_refused(vision: Deployment, spelling: str):
+    """SGLang's Qwen-VL processor reads "<image>" in a text prompt as a placeholder too: two for one image."""
+    client = vision.client()
+    before = len(vision.workers[0].requests)
+    parts = [{"type": "text", "text": f"What does {spelling} mean in HTML?"},
+             {"type": "image_url", "image_url": {"url": png_url((60, 60))}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="standin-model", messages=[{"role": "user", "content": parts}],
+                                       max_tokens=5)
+    body = refused.value.body
+    assert body["code"] == "invalid_image_placeholder" and body["param"] == "messages[0].content[0].text"
+    assert spelling in body["message"] and len(vision.workers[0].requests) == before
+    if spelling == "<|image_pad|>":
+        return  # the placeholder token itself is refused with or without images (chat/images.py)
+    # Without images the text is only text: the worker gets token ids, no placeholder is read.
+    reply = client.chat.completions.create(
+        model="standin-model", messages=[{"role": "user", "content": f"What does {spelling} mean?"}], max_tokens=3)
     assert reply.choices[0].finish_reason in ("stop", "length")

@@ -39,7 +39,8 @@ def qwen3(tmp_path_factory: pytest.TempPathFactory, qwen3_engine: Any, tiny_qwen
     """The tiny Qwen3 (SmolLM2's chatml family has no tool-call format), on the same two kinds of worker; its
     first tool grammar (seconds) is paid here."""
     deployment, servers = deploy(tmp_path_factory.mktemp("wire-qwen3"), str(tiny_qwen3_model),
-                                 StandIn(qwen3_engine, name="a"), StandIn(qwen3_engine, name="b", incremental=True))
+                                 StandIn(qwen3_engine, name="a", deterministic=True),
+                                 StandIn(qwen3_engine, name="b", incremental=True, deterministic=True))
     for worker in WORKERS:
         response = post(deployment, worker, tools=[WEATHER], tool_choice="required", max_tokens=1,
                         reasoning_effort="none")

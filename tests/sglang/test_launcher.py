@@ -58,6 +58,9 @@ def test_launch_supervise_and_stop(tmp_path: Path):
         assert "Paris" in client.chat.completions.create(**ask).choices[0].message.content
         first = child_pid(sglang_port)
         assert first is not None
+        # Launched to stream incrementally (each event only its new tokens): the worker says so.
+        info = httpx.get(f"http://127.0.0.1:{sglang_port}/server_info", timeout=10).json()
+        assert info["incremental_streaming_output"] is True
         os.kill(first, signal.SIGKILL)  # the launched server dies: Lodestar starts it again
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
