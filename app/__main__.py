@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from app import logs
-from app.settings import SettingsError, add_flags, load_settings
+from core.settings import SettingsError, add_flags, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

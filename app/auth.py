@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
-from app.errors import APIError
+from core.errors import APIError
 
 
 def _digest(key: str) -> bytes:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from app.settings import Settings
 from chat.families import detect_family
 from chat.images import image_policy
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
 from chat.template import PromptRenderer
+from core.settings import Settings
 from multimodal.loader import ImageLoader
 
 log = logging.getLogger("lodestar.backend")

@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from app.errors import APIError
-from app.protocol import Usage
+from core.errors import APIError
+from core.protocol import Usage
 
 WINDOW_S = 60.0
 

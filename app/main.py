@@ -16,16 +16,17 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import KeyStore, require_api_key
-from app.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from app.errors import handle_api_error, handle_http_exception, handle_unexpected
 from app.heap import HeapTrimmer
 from app.limits import KeyLimiter
 from app.logs import REQUEST_ID, log_access
 from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
 from app.routes.playground import playground_router
-from app.settings import Settings
 from app.usage_store import FLUSH_INTERVAL_S, UsageStore
 from chat.pipeline import ServedModel
+from core.errors import APIError
+from core.settings import Settings
 from sessions.manager import SessionManager
 from sessions.store import SessionStore
 from tools.checker import GrammarBudget, GrammarChecker

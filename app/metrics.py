@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.protocol import Usage
+from core.protocol import Usage
 
 # Engine figures that only grow are exposed as counters, the rest (queue depth, batch size, bytes) as gauges.
 _ENGINE_COUNTERS = re.compile(r"(compiled|reused|lookups|hits|misses|tokens|_ms)$")

@@ -4,7 +4,7 @@ The chat route decodes its body itself (for OpenAI-shaped errors that name the f
 infer it; the document is made here instead, from the msgspec types of every request and response body.
 It is truthful for this server: security only when keys are configured, `model` limited to the served
 model's id and aliases (others get 404). Structure is in the schemas; semantic bounds (the temperature
-range, `n` up to `max_n`, …) are checked by app/validation.py and answered with 400, which is listed.
+range, `n` up to `max_n`, …) are checked by chat/validation.py and answered with 400, which is listed.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
 
-from app.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
 from app.resources import Health, KeyUsageList, Ready, RequestCheck, Session, SessionDeleted
-from app.settings import Settings
+from core.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
+from core.settings import Settings
 
 JSON = "application/json"
 SESSION_ID = {"name": "session_id", "in": "path", "required": True,
@@ -73,7 +73,7 @@ def document(settings: Settings, models: list[str] | None = None) -> dict[str, A
     types = [op.ok for op in OPERATIONS if op.ok] + [op.request for op in OPERATIONS if op.request]
     _, components = msgspec.json.schema_components([*dict.fromkeys(types), ChatCompletionChunk, ErrorResponse],
                                                    ref_template="#/components/schemas/{name}")
-    # logit_bias is decoded by app/validation.py from its raw JSON (msgspec.Raw has no schema of its own).
+    # logit_bias is decoded by chat/validation.py from its raw JSON (msgspec.Raw has no schema of its own).
     components["ChatCompletionRequest"]["properties"]["logit_bias"] = {"anyOf": [
         {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": {"type": "number"},
          "description": "token id -> bias added to its logit before sampling"}, {"type": "null"}]}

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
 from chat.families import detect_family
 from chat.images import image_policy
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
 from chat.template import PromptRenderer
+from core.settings import Settings
 from multimodal.loader import ImageLoader
 
 log = logging.getLogger("lodestar.backend")

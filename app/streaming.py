@@ -9,8 +9,8 @@ from typing import Any
 from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 
-from app.errors import APIError
-from app.protocol import ChatCompletionChunk, encode
+from core.errors import APIError
+from core.protocol import ChatCompletionChunk, encode
 from engines.base import EngineError
 
 log = logging.getLogger("lodestar.streaming")

@@ -23,9 +23,9 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.errors import APIError
-from app.protocol import encode
-from app.settings import Settings
+from core.errors import APIError
+from core.protocol import encode
+from core.settings import Settings
 
 log = logging.getLogger("lodestar.transport")
 

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app.settings import Settings
+from core.settings import Settings
 from multimodal.decode import decode_image
 from tests.conftest import ROOT, start_server
 

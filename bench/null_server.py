@@ -16,10 +16,10 @@ from typing import Any
 import uvicorn
 
 from app.main import create_app
-from app.settings import build_settings
 from chat.families import detect_family
 from chat.pipeline import ServedModel
 from chat.template import PromptRenderer
+from core.settings import build_settings
 from engines.base import EngineEvent, EngineRequest, ModelInfo
 
 

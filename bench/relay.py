@@ -161,7 +161,7 @@ def main() -> None:
     if args.serve_fake:
         from transformers import AutoTokenizer
 
-        from app.settings import Settings
+        from core.settings import Settings
         from engines.embedded.loader import resolve_model_folder
 
         folder, _, _ = resolve_model_folder(args.model, Settings().data_path())

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from app.errors import APIError
+from core.errors import APIError
 from tools.checker import GrammarBudget, GrammarChecker
 from tools.schema import check_schema
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import msgspec
 import torch
 
-from app.protocol import request_decoder
-from app.settings import Settings
 from chat.families import FAMILIES
+from core.protocol import request_decoder
+from core.settings import Settings
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import resolve_model_folder
 from tests.conftest import ROOT
@@ -124,7 +124,7 @@ def end_to_end(tokenizer, repeats: int) -> dict:
     plan = _plan(_Renderer(tokenizer), "")
     body = [msgspec.json.decode(msgspec.json.encode({"role": "user", "content":
                                                      "Search for the weather in Paris tomorrow, exact mode."}))]
-    from app.protocol import UserMessage
+    from core.protocol import UserMessage
     prompt = renderer.render([msgspec.convert(body[0], UserMessage)], plan.template_tools)
 
     async def rate(constraint, tokens: int, ignore_eos: bool) -> tuple[int, float]:

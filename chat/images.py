@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from app.errors import APIError
-from app.protocol import ImagePart, Message, TextPart
-from app.settings import Settings
+from core.errors import APIError
+from core.protocol import ImagePart, Message, TextPart
+from core.settings import Settings
 from engines.base import Engine, EngineImage
 from multimodal.errors import ImageError
 from multimodal.loader import ImageLoader

@@ -11,20 +11,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.errors import APIError
-from app.protocol import (
-    ChatCompletionRequest,
-    Message,
-    Usage,
-)
-from app.settings import Settings
-from app.validation import logit_bias
 from chat.images import collect_images, expand_placeholders, prepare_images, refuse_placeholder_text
 from chat.reasoning import ReasoningMode, ReasoningSyntax, decide
 from chat.sessions import SessionTurn, continue_prompt
 from chat.template import PromptRenderer
 from chat.tokens import TokenTexts
 from chat.truncate import truncate
+from chat.validation import logit_bias
+from core.errors import APIError
+from core.protocol import (
+    ChatCompletionRequest,
+    Message,
+    Usage,
+)
+from core.settings import Settings
 from engines.base import Engine, EngineError, EngineRequest, SamplingParams
 from multimodal.loader import ImageLoader
 from tools.checker import GrammarChecker

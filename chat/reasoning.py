@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import invalid
-from app.protocol import ChatCompletionRequest
-from app.settings import Settings
 from chat.families import PROMPTED_THINK, Family
+from core.errors import invalid
+from core.protocol import ChatCompletionRequest
+from core.settings import Settings
 from engines.base import EngineEvent, ThinkingBudget
 
 # Share of the completion budget (max_tokens, or what is left of the context) that each effort may think.

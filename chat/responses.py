@@ -9,7 +9,12 @@ from typing import Any
 
 import anyio
 
-from app.protocol import (
+from chat.output import ChoiceDelta, ChoiceStream
+from chat.pipeline import Plan, Reply, ServedModel
+from chat.reasoning import ReasoningSplitter
+from chat.reasoning_calls import generate_with_budget
+from chat.sessions import reply_message
+from core.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -27,11 +32,6 @@ from app.protocol import (
     TopLogprob,
     Usage,
 )
-from chat.output import ChoiceDelta, ChoiceStream
-from chat.pipeline import Plan, Reply, ServedModel
-from chat.reasoning import ReasoningSplitter
-from chat.reasoning_calls import generate_with_budget
-from chat.sessions import reply_message
 from engines.base import EngineEvent, TokenLogprob
 from tools.calls import ParsedCall, ToolCallParser
 

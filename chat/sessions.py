@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from app.protocol import Message
+from core.protocol import Message
 from sessions.store import Transcript
 
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import msgspec
 
-from app.errors import clip, invalid
-from app.protocol import (
+from chat.families import Family, end_of_turn_ids
+from core.errors import clip, invalid
+from core.protocol import (
     AssistantMessage,
     Content,
     ContentPart,
@@ -17,7 +18,6 @@ from app.protocol import (
     TextPart,
     ToolMessage,
 )
-from chat.families import Family, end_of_turn_ids
 
 
 def _text_of(content: Content | None) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.errors import APIError
-from app.protocol import DeveloperMessage, Message, SystemMessage, UserMessage
+from core.errors import APIError
+from core.protocol import DeveloperMessage, Message, SystemMessage, UserMessage
 
 
 def turns(messages: list[Message]) -> tuple[list[Message], list[list[Message]]]:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.errors import APIError
+from core.errors import APIError
 from sessions.store import SessionStore, Transcript
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -7,9 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import APIError, clip, invalid
-from app.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice, ToolMessage
-from app.settings import Settings
+from core.errors import APIError, clip, invalid
+from core.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice, ToolMessage
+from core.settings import Settings
 from engines.base import Constraint
 from tools import grammar as grammars
 from tools.calls import ToolCallParser

@@ -19,7 +19,7 @@ import jsonschema
 import llguidance
 import msgspec
 
-from app.errors import APIError, clip
+from core.errors import APIError, clip
 from tools.checker import Deadline, GrammarBusy, GrammarChecker, GrammarTooComplex
 
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")

@@ -6,8 +6,8 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.auth import key_hint
-from app.protocol import encode
 from app.resources import KeyUsage, KeyUsageList
+from core.protocol import encode
 from sessions.manager import owner_of
 
 

@@ -12,16 +12,16 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from app.auth import bearer_token
-from app.errors import APIError, clip, from_decode_error
 from app.limits import Permit
 from app.logs import REQUEST_ID
-from app.protocol import ChatCompletionRequest, encode, request_decoder
 from app.routes.health import served_model
 from app.streaming import GuardedStream, sse_stream
-from app.validation import resolve_model, validate_request
 from chat import pipeline, responses
 from chat.pipeline import ServedModel
 from chat.sessions import merge, next_transcript
+from chat.validation import resolve_model, validate_request
+from core.errors import APIError, clip, from_decode_error
+from core.protocol import ChatCompletionRequest, encode, request_decoder
 from engines.base import EngineError
 from sessions.manager import HEADER, Lease, check_session_id, engine_key, owner_of
 

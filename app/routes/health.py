@@ -5,10 +5,10 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.datastructures import State
 
-from app.errors import APIError
-from app.protocol import encode
 from app.resources import Health, Ready
 from chat.pipeline import ServedModel
+from core.errors import APIError
+from core.protocol import encode
 
 
 def served_model(state: State) -> ServedModel:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.datastructures import State
 
-from app.protocol import ModelCard, ModelList, encode
 from app.routes.health import served_model
+from core.protocol import ModelCard, ModelList, encode
 
 
 @get("/v1/models")

@@ -18,12 +18,12 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response.file import ASGIFileResponse
 
-from app.protocol import encode
 from app.resources import RequestCheck
 from app.routes.chat import json_body
 from app.routes.health import served_model
-from app.validation import resolve_model, validate_request
 from chat.pipeline import checked_tools
+from chat.validation import resolve_model, validate_request
+from core.protocol import encode
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "playground"
 INDEX = "index.html"

@@ -7,9 +7,9 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 
 from app.auth import bearer_token
-from app.errors import APIError
-from app.protocol import encode
 from app.resources import Session, SessionDeleted
+from core.errors import APIError
+from core.protocol import encode
 from sessions.manager import check_session_id, owner_of
 from sessions.store import Transcript
 

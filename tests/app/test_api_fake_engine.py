@@ -16,8 +16,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.main import create_app
-from app.settings import Settings
 from chat.pipeline import ServedModel
+from core.settings import Settings
 from tests.fakes import DEFAULT_SCRIPT, EOS_ID, FakeEngine, FakeRenderer
 
 CHAT = "/v1/chat/completions"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from app.errors import MESSAGE_CHARS, PARAM_CHARS, APIError, clip
+from core.errors import MESSAGE_CHARS, PARAM_CHARS, APIError, clip
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, make_app
 
 MIB = 1 << 20

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from app.errors import APIError
 from app.limits import KeyLimiter
-from app.protocol import CompletionTokensDetails, PromptTokensDetails, Usage
+from core.errors import APIError
+from core.protocol import CompletionTokensDetails, PromptTokensDetails, Usage
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, make_app
 
 
@@ -104,7 +104,7 @@ def test_admin_routes_are_off_without_admin_keys() -> None:
 
 
 def test_admin_and_api_keys_must_differ() -> None:
-    from app.settings import Settings, SettingsError
+    from core.settings import Settings, SettingsError
 
     with pytest.raises(SettingsError, match="admin key"):
         Settings(api_keys=("same",), admin_keys=("same",)).check()

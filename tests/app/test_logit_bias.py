@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from app.errors import APIError
-from app.protocol import request_decoder
-from app.validation import logit_bias
+from chat.validation import logit_bias
+from core.errors import APIError
+from core.protocol import request_decoder
 from tests.app.test_api_fake_engine import CHAT, USER, make_app
 from tests.fakes import VOCAB_SIZE, FakeEngine
 

@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from schemathesis import checks
 
 from app.openapi import document
-from app.settings import Settings
+from core.settings import Settings
 from tests.app.test_api_fake_engine import make_app
 
 KEY = "sk-openapi"

@@ -12,10 +12,10 @@ import pytest
 from litestar.testing import TestClient
 
 from app.main import create_app
-from app.settings import Settings
 from chat.families import FAMILIES
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
+from core.settings import Settings
 from engines.base import EngineRequest
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, sse_events
 from tests.fakes import DEFAULT_SCRIPT, FakeEngine, FakeRenderer, FakeTokenizer

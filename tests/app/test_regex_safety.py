@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from app import errors, validation
+from chat import validation
+from core import errors
 from multimodal import fetch
 from sessions import manager
 from tools import schema

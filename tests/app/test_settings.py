@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError, add_flags, build_settings, load_settings, settings_keys
+from core.settings import Settings, SettingsError, add_flags, build_settings, load_settings, settings_keys
 
 
 def flags(*argv: str) -> argparse.Namespace:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import APIError
-from app.protocol import ImagePart, ImageURL, SystemMessage, TextPart, UserMessage
 from chat.families import FAMILIES
 from chat.images import refuse_placeholder_text
+from core.errors import APIError
+from core.protocol import ImagePart, ImageURL, SystemMessage, TextPart, UserMessage
 
 QWEN = FAMILIES["qwen2"].image_placeholders
 IMAGE = ImagePart(ImageURL("data:image/png;base64,AA=="))

@@ -12,9 +12,6 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.errors import APIError
-from app.protocol import ChatCompletionRequest
-from app.settings import Settings
 from chat.families import FAMILIES, PROMPTED_THINK
 from chat.reasoning import (
     EFFORT_SHARE,
@@ -25,6 +22,9 @@ from chat.reasoning import (
     decide,
     read_request,
 )
+from core.errors import APIError
+from core.protocol import ChatCompletionRequest
+from core.settings import Settings
 from engines.base import EngineEvent, ThinkingBudget, TokenLogprob
 from tests.chat.test_output import chunkings, split_at
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from app.protocol import CompletionTokensDetails, Message, PromptTokensDetails, Usage
 from chat.sessions import SessionTurn, continue_prompt, merge, message_key, next_transcript, reply_message
+from core.protocol import CompletionTokensDetails, Message, PromptTokensDetails, Usage
 from sessions.store import Transcript
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from app.errors import APIError
-from app.protocol import Message
 from chat.truncate import truncate, turns
+from core.errors import APIError
+from core.protocol import Message
 
 
 def convo(*dicts: dict) -> list[Message]:

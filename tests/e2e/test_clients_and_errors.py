@@ -133,7 +133,7 @@ def test_streams_keep_going_while_another_client_disconnects(small_server):
 @pytest.mark.parametrize("kind", ["gguf-file", "hf-folder"])
 def test_model_from_a_path(tmp_path, kind):
     """--model takes a GGUF file or a Hugging Face folder as well as a catalog id."""
-    from app.settings import Settings
+    from core.settings import Settings
     from engines.embedded.catalog import find_catalog_model
     from engines.embedded.loader import resolve_model_folder
 

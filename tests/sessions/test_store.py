@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import APIError
+from core.errors import APIError
 from sessions.manager import SessionManager, check_session_id, engine_key, owner_of
 from sessions.store import SessionStore, Transcript
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.errors import APIError
+from core.errors import APIError
 from tools.checker import Deadline, GrammarBudget, GrammarChecker
 from tools.schema import SchemaLimits, check_schema, check_size
 
@@ -160,9 +160,9 @@ def test_too_many_optional_properties_are_refused_up_front() -> None:
 def test_the_whole_grammar_is_checked_once_too() -> None:
     """plan_tools checks each schema, then the grammar the engine will compile (all of them together), so that
     what the server compiles in its own process has passed within the budget; known verdicts are reused."""
-    from app.protocol import request_decoder
-    from app.settings import Settings
     from chat.families import FAMILIES
+    from core.protocol import request_decoder
+    from core.settings import Settings
     from tools.request import plan_tools
 
     class Renderer:

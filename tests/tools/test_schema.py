@@ -9,10 +9,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.errors import APIError
-from app.protocol import ChatCompletionRequest, request_decoder
-from app.settings import Settings
 from chat.families import FAMILIES
+from core.errors import APIError
+from core.protocol import ChatCompletionRequest, request_decoder
+from core.settings import Settings
 from tools.checker import GrammarChecker
 from tools.request import ToolPlan
 from tools.request import plan_tools as plan_with

@@ -1,7 +1,7 @@
 """The wire schema: every request and response body Lodestar speaks, as msgspec Structs.
 
 Requests ignore unknown fields (as OpenAI does) and accept `null` wherever a field is optional. Value
-ranges are checked in app/validation.py so that each error can name its parameter.
+ranges are checked in chat/validation.py so that each error can name its parameter.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class ChatCompletionRequest(msgspec.Struct):
     reasoning: Reasoning | None = None
     reasoning_effort: Effort | None = None  # OpenAI's spelling
     prompt_truncate_len: int | None = None  # seed 003: drop the oldest turns to fit this many prompt tokens
-    # token id (a string of decimal digits) -> bias. Kept as the raw JSON: app/validation.py bounds its size
+    # token id (a string of decimal digits) -> bias. Kept as the raw JSON: chat/validation.py bounds its size
     # before anything is built from it (a 32 MiB body could hold millions of entries). Empty when absent.
     logit_bias: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 

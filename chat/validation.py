@@ -6,9 +6,9 @@ import re
 
 import msgspec
 
-from app.errors import APIError, clip, invalid
-from app.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, TextPart, ToolMessage, UserMessage
-from app.settings import Settings
+from core.errors import APIError, clip, invalid
+from core.protocol import AssistantMessage, ChatCompletionRequest, ImagePart, TextPart, ToolMessage, UserMessage
+from core.settings import Settings
 from engines.base import ModelInfo
 
 _NAME = re.compile(r"[a-zA-Z0-9_]{1,64}")
