@@ -41,6 +41,6 @@ def test_a_package_imports_only_the_layers_below(package: str) -> None:
 
 
 def test_every_product_package_has_a_layer() -> None:
-    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name not in ("tests", "bench",
-                                                                                                  "fixtures", "scripts")}
+    not_product = ("tests", "bench", "fixtures", "scripts")
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name not in not_product}
     assert packages == set(ALLOWED), packages ^ set(ALLOWED)
