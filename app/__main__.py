@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from app import logs
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     # http: uvicorn's httptools protocol with timeouts and size limits (app/transport.py); ws="none": there
     # are no websocket routes, so an Upgrade request is not handed to a protocol those bounds do not cover.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                access_log=False, timeout_graceful_shutdown=settings.shutdown_grace_s,
+                access_log=False, timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
                 http=protocol_class(settings), ws="none")
     return 0
 

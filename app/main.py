@@ -66,7 +66,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_with_id)
         finally:
             REQUEST_ID.set(request_id)
-            log_access(scope["method"], scope["path"], status, time.perf_counter() - started)
+            log_access(str(scope.get("method", "")), scope["path"], status, time.perf_counter() - started)
             REQUEST_ID.reset(token)
 
     return middleware

@@ -140,7 +140,7 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
         finally:
             metrics: Metrics = scope["app"].state.metrics
             route = scope.get("path_template") or "unmatched"
-            metrics.requests.labels(route, scope["method"], str(status)).inc()
+            metrics.requests.labels(route, str(scope.get("method", "")), str(status)).inc()
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
     return middleware

@@ -51,7 +51,7 @@ class Health(msgspec.Struct):
 class Ready(msgspec.Struct):
     status: str
     model: str
-    engine: dict[str, float]  # the engine's load and cache figures (as in /metrics)
+    engine: dict[str, int]  # the engine's load and cache figures (as in /metrics)
 
 
 class RequestCheck(msgspec.Struct):

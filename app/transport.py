@@ -66,7 +66,8 @@ class LodestarHTTP(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.timeout_keep_alive = self.limits.keepalive_timeout_s  # uvicorn's keep-alive timer, our setting
+        # uvicorn's keep-alive timer (typed int there; loop.call_later takes our float seconds)
+        self.timeout_keep_alive = self.limits.keepalive_timeout_s  # type: ignore[assignment]
         self._raw: asyncio.Transport = None  # type: ignore[assignment]
         self._phase = "idle"  # "headers" from a request's first byte, "body" once its headers are complete
         self._header_bytes = 0  # of the request being read, as the parser reports them

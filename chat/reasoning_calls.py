@@ -11,20 +11,20 @@ that enforces the budget itself reports it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 from engines.base import Engine, EngineEvent, EngineRequest, ThinkingBudget
 from engines.thinking import ThinkingTracker
 
 
-def generate_with_budget(engine: Engine, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+def generate_with_budget(engine: Engine, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
     """Like engine.generate(req) for a request with a reasoning budget; admission errors are raised now
     (those of each choice's first call: the thinking call, or with a budget of 0 the answer call)."""
     budget = req.thinking
     assert budget is not None
-    firsts: list[AsyncIterator[EngineEvent] | None] = [None] * req.n
-    answers: list[AsyncIterator[EngineEvent] | None] = [None] * req.n
+    firsts: list[AsyncGenerator[EngineEvent, None] | None] = [None] * req.n
+    answers: list[AsyncGenerator[EngineEvent, None] | None] = [None] * req.n
     try:
         for index in range(req.n):
             if budget.max_tokens > 0:
@@ -34,7 +34,7 @@ def generate_with_budget(engine: Engine, req: EngineRequest) -> AsyncIterator[En
     except BaseException:  # one choice refused: release the ones admitted
         for stream in (*firsts, *answers):
             if stream is not None:
-                asyncio.ensure_future(stream.aclose())  # type: ignore[attr-defined]
+                asyncio.ensure_future(stream.aclose())
         raise
     streams = [_choice(engine, req, index, first, answer)
                for index, (first, answer) in enumerate(zip(firsts, answers, strict=True))]
@@ -61,8 +61,8 @@ def _answer_call(req: EngineRequest, index: int, generated: list[int]) -> Engine
                    prompt_ids=[*req.prompt_ids, *generated], sampling=sampling)
 
 
-async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncIterator[EngineEvent] | None,
-                  answer: AsyncIterator[EngineEvent] | None = None) -> AsyncIterator[EngineEvent]:
+async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncGenerator[EngineEvent, None] | None,
+                  answer: AsyncGenerator[EngineEvent, None] | None = None) -> AsyncGenerator[EngineEvent, None]:
     """One choice: `first` is its thinking call; `answer`, its answer call when admitted beforehand."""
     budget = req.thinking
     assert budget is not None
@@ -88,7 +88,7 @@ async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncIt
                 if tracker.answering or event.finish_reason is not None:
                     break  # the reasoning is closed (stop at the end marker) or its budget is spent
         finally:
-            await first.aclose()  # type: ignore[attr-defined]
+            await first.aclose()
     if not tracker.answering:
         # Never past the request's limit: like an engine that inserts it, cut the close short (its text
         # then stays out: a partial marker is no close).
@@ -108,17 +108,17 @@ async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncIt
             yield replace(event, index=index, prompt_tokens=len(req.prompt_ids),
                           cached_tokens=min(event.cached_tokens, len(req.prompt_ids)))
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 
 
 _DONE = object()
 
 
-async def _merge(streams: list[AsyncIterator[EngineEvent]]) -> AsyncIterator[EngineEvent]:
+async def _merge(streams: list[AsyncGenerator[EngineEvent, None]]) -> AsyncGenerator[EngineEvent, None]:
     """The choices' streams interleaved as their events come, as one engine stream."""
     queue: asyncio.Queue[object] = asyncio.Queue()
 
-    async def pump(stream: AsyncIterator[EngineEvent]) -> None:
+    async def pump(stream: AsyncGenerator[EngineEvent, None]) -> None:
         try:
             async for event in stream:
                 await queue.put(event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -190,12 +190,12 @@ def _finish_reason(reason: str | None, calls: list[ParsedCall]) -> str | None:
     return "tool_calls" if calls and reason == "stop" else reason
 
 
-def stream(plan: Plan, served: ServedModel) -> AsyncIterator[ChatCompletionChunk]:
+def stream(plan: Plan, served: ServedModel) -> AsyncGenerator[ChatCompletionChunk, None]:
     """Admit the request now (raising EngineError if refused); return its chunks as they come."""
     return _chunks(Run(plan, served))
 
 
-async def _chunks(run: Run) -> AsyncIterator[ChatCompletionChunk]:
+async def _chunks(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
     plan, served = run.plan, run.served
 
     def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:

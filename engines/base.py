@@ -6,7 +6,7 @@ SGLang runtime can sit behind the same pipeline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -143,7 +143,7 @@ class Engine(Protocol):
     # enforces reasoning budgets with two calls.
     thinking_budgets: bool
 
-    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Admit the request (raising EngineError at once if refused) and return its events."""
         ...
 

@@ -77,8 +77,8 @@ class ImageLoader:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for index, task in enumerate(tasks):
-                if task in done and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
+                exc = task.exception() if task in done and not task.cancelled() else None
+                if exc is not None:
                     if isinstance(exc, ImageError):
                         raise exc.with_index(index) from exc
                     raise exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from chat.families import FAMILIES
@@ -116,7 +116,7 @@ class FakeEngine:
     def stats(self) -> dict[str, int]:
         return {"running": 0, "waiting": 0, "requests": len(self.requests)}
 
-    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         if self.full:  # eager, like the embedded engine: before any response starts
             raise EngineError("the server is busy: the request queue is full; retry shortly",
                               status=429, code="queue_full", retry_after=1.0)
@@ -129,7 +129,7 @@ class FakeEngine:
         top = [(token_id, self.logprob), (EOS_ID, self.logprob - 2.0)][: req.top_logprobs]
         return [TokenLogprob(token_id=token_id, logprob=self.logprob, top=top)]
 
-    async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def _events(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         sequence = [self.tokenizer.id_of(p) for p in self.script] + [EOS_ID]
         if self.resume:
             scripted = set(sequence)

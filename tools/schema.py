@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 import llguidance
@@ -22,9 +23,12 @@ import msgspec
 from core.errors import APIError, clip
 from tools.checker import Deadline, GrammarBusy, GrammarChecker, GrammarTooComplex
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # only in the type stubs
+
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # JSON output is written as json.dumps writes it (what models are trained on); no whitespace games.
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 EMPTY_OBJECT = {"type": "object", "properties": {}}
 
 
@@ -60,7 +64,7 @@ def _path_of_key(schema: Any, key: str, path: str = "") -> str | None:
     if isinstance(schema, dict):
         if key in schema:
             return f"{path}.{key}" if path else key
-        items = schema.items()
+        items: Iterable[tuple[Any, Any]] = schema.items()
     elif isinstance(schema, list):
         items = ((f"[{i}]", v) for i, v in enumerate(schema))
     else:
@@ -243,14 +247,14 @@ def _has_finite_value(node: Any, finite: dict[str, bool]) -> bool:
     if types is None or types & _SCALARS:
         return True  # a scalar will do (without "type", null among others)
     if "object" in types:
-        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        properties = given if isinstance(given := node.get("properties"), dict) else {}
         extra = node.get("additionalProperties", True)
         if all(_has_finite_value(properties.get(name, extra), finite) for name in node.get("required") or ()
                if isinstance(name, str)):
             return True
     if "array" in types:
         needed = node.get("minItems", 0)
-        prefix = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+        prefix = listed if isinstance(listed := node.get("prefixItems"), list) else []
         items = node.get("items", True)
         if not isinstance(needed, int) or needed <= 0 or all(
                 _has_finite_value(prefix[i] if i < len(prefix) else items, finite) for i in range(min(needed, 64))):
@@ -282,7 +286,7 @@ def _crowded_object(schema: Any, path: str, limit: int) -> str | None:
         if isinstance(node, dict):
             properties = node.get("properties")
             if isinstance(properties, dict) and len(properties) > limit:
-                required = node.get("required") if isinstance(node.get("required"), list) else []
+                required = listed if isinstance(listed := node.get("required"), list) else []
                 if len(properties.keys() - {r for r in required if isinstance(r, str)}) > limit:
                     return where
             stack.extend((child, f"{where}.{name}") for name, child in node.items())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -142,12 +142,13 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     return Response(encode(completion), media_type="application/json", headers=headers)
 
 
-async def _releasing(chunks: AsyncIterator[Any], permit: Permit, lease: Lease | None) -> AsyncIterator[Any]:
+async def _releasing(chunks: AsyncGenerator[Any, None], permit: Permit,
+                     lease: Lease | None) -> AsyncGenerator[Any, None]:
     """The stream's chunks; the key's slot and the session are free once the stream has ended."""
     try:
         async for chunk in chunks:
             yield chunk
     finally:  # a client that went away cancels the stream: close it shielded, then release
         with anyio.CancelScope(shield=True):
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
         _release(permit, lease)

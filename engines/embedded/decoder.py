@@ -109,15 +109,15 @@ class Decoder:
         ids = torch.tensor([token_ids], dtype=torch.long)
         x = self.embed(ids)
         if embeds is not None:
-            mask, rows = embeds
-            x[0, mask] = rows.to(x.dtype)
+            at, rows = embeds
+            x[0, at] = rows.to(x.dtype)
         if positions is None:
             positions = torch.arange(past, past + s).unsqueeze(0) + cache.position_offset
         else:
             positions = positions.unsqueeze(1)  # [3, batch=1, len]
         cos, sin = self.rotary(x, positions)
         end = past + s
-        mask = None
+        mask: torch.Tensor | None = None
         if past:  # new tokens see the whole cached prefix, and causally each other
             mask = torch.ones(s, end, dtype=torch.bool).tril(diagonal=past)
         for i, layer in enumerate(self.layers):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from engines.base import Constraint, EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
@@ -79,7 +79,7 @@ class EmbeddedEngine:
                               code="image_input_not_supported")
         return self.vision.prepare(image, digest, pixel_budget)
 
-    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         """Admission is decided here, eagerly, so a full queue is an error before any response starts."""
         if self._closed:
             raise _closed_error()
@@ -88,7 +88,7 @@ class EmbeddedEngine:
                               status=429, code="queue_full", retry_after=1.0)
         return self._events(req)
 
-    async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def _events(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[EngineEvent | BaseException] = asyncio.Queue()
 

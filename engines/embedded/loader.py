@@ -69,7 +69,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 - nn.Module's typed __setattr__ takes no None
         model.config.quantization_config = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config

@@ -17,7 +17,7 @@ from engines.base import SamplingParams, TokenLogprob
 
 
 class ChoiceSampler:
-    __slots__ = ("params", "generator", "counts", "want_logprob", "top_n", "bias_ids", "bias_values")
+    __slots__ = ("params", "generator", "counts", "want_logprob", "top_n", "bias")
 
     def __init__(self, params: SamplingParams, seed: int | None, vocab_size: int, want_logprob: bool,
                  top_n: int) -> None:
@@ -29,8 +29,8 @@ class ChoiceSampler:
         self.want_logprob = want_logprob or top_n > 0
         self.top_n = top_n
         bias = params.logit_bias  # two small tensors, built once: one index_add per row
-        self.bias_ids = torch.tensor(list(bias), dtype=torch.long) if bias else None
-        self.bias_values = torch.tensor(list(bias.values()), dtype=torch.float32) if bias else None
+        self.bias = (torch.tensor(list(bias), dtype=torch.long),
+                     torch.tensor(list(bias.values()), dtype=torch.float32)) if bias else None  # (ids, values)
 
     def sample(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         """Pick the next token from one row of logits ([vocab], float32; -inf marks a banned token)."""
@@ -38,9 +38,9 @@ class ChoiceSampler:
         adjusted = logits
         if self.counts is not None:
             adjusted = adjusted - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0)
-        if self.bias_ids is not None:
+        if self.bias is not None:
             # Out of place (the row may be shared, and logprobs read it). A banned token stays -inf.
-            adjusted = adjusted.index_add(0, self.bias_ids, self.bias_values)
+            adjusted = adjusted.index_add(0, *self.bias)
         if p.temperature <= 0.0:
             token = int(torch.argmax(adjusted))
         else:

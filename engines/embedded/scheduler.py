@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from engines.base import EngineError, EngineEvent, EngineRequest, TokenLogprob
+from engines.base import EngineError, EngineEvent, EngineRequest, FinishReason, TokenLogprob
 from engines.detokenizer import IncrementalDetokenizer
 from engines.embedded.decoder import Decoder, KVCache
 from engines.embedded.grammar import GrammarCompiler, GrammarState
@@ -248,7 +248,8 @@ class Scheduler:
         for group in self._prefilling:
             active[group.req.tenant] += group.req.n
         while self._paused or self._waiting:
-            item = min([*self._paused, *self._waiting],
+            candidates: list[Choice | Group] = [*self._paused, *self._waiting]
+            item = min(candidates,
                        key=lambda i: (active[_tenant(i)], (i.group if isinstance(i, Choice) else i).enqueued_at))
             tenant, need = _tenant(item), 1 if isinstance(item, Choice) else item.req.n
             if sum(active.values()) + need > self.config.max_batch_size and not self._make_room(active, tenant, need):
@@ -267,7 +268,7 @@ class Scheduler:
     def _make_room(self, active: Counter[str | None], tenant: str | None, need: int) -> bool:
         """Pause the newest choices of tenants holding at least two slots more than `tenant` until `need`
         slots are free (all or nothing); at most max_batch_size choices stay paused (their KV caches are kept)."""
-        counts, running, paused = Counter(active), list(self._running), []
+        counts, running, paused = Counter(active), list(self._running), list[Choice]()
         while sum(counts.values()) + need > self.config.max_batch_size:
             victims = [c for c in running if counts[c.group.req.tenant] >= counts[tenant] + 2]
             if not victims or len(self._paused) + len(paused) >= self.config.max_batch_size:
@@ -397,7 +398,7 @@ class Scheduler:
         req = group.req
         choice.generated += 1
         choice.last_token = token
-        finish = None
+        finish: FinishReason | None = None
         if token in req.sampling.stop_token_ids and not choice.last_forced:
             finish, text = "stop", choice.detok.flush()
         else:

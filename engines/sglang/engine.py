@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +130,7 @@ class SGLangEngine:
                               code="image_input_not_supported")
         return prepare_qwen_vl(image, digest, pixel_budget)
 
-    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         if self._closed:
             raise EngineError("the engine is shutting down", status=503, code="engine_closed", retry_after=1.0)
         self._start_monitor()
@@ -167,7 +167,7 @@ class SGLangEngine:
                                            skip_special_tokens=False)
         return generate_body(req, prompt=prompt, image_urls=image_urls)
 
-    async def _events(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    async def _events(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         body = self._body(req)
         headers = {ROUTING_KEY_HEADER: req.session_key} if req.session_key else {}
         rids = choice_rids(req)
@@ -230,7 +230,7 @@ class SGLangEngine:
                 await asyncio.gather(*(w.check_health() for w in self.router.workers))
 
 
-async def _drain(stream: AsyncIterator[bytes], timeout_s: float = 1.0) -> None:
+async def _drain(stream: AsyncGenerator[bytes, None], timeout_s: float = 1.0) -> None:
     """What follows the last choice's finish: only `data: [DONE]`, sent at once (bounded all the same)."""
     with contextlib.suppress(TimeoutError, EngineError):
         async with asyncio.timeout(timeout_s):

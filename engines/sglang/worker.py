@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -50,7 +50,7 @@ class Worker:
             log.info("SGLang worker %s back in rotation", self.url)
         self.down_until = 0.0
 
-    async def generate(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncIterator[bytes]:
+    async def generate(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncGenerator[bytes, None]:
         """The `data:` payloads of a streamed `/generate` call, without the closing [DONE]."""
         self.in_flight += 1
         try:

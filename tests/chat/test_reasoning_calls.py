@@ -4,7 +4,7 @@ and the one engine stream it makes of them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
@@ -47,13 +47,13 @@ class ScriptedEngine:
     def request(self, call: str) -> EngineRequest:
         return next(r for r in self.requests if _call(r) == call)
 
-    def generate(self, req: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def generate(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         if _call(req) in self.refuse:
             raise EngineError("the server is busy", status=429, code="queue_full", retry_after=1.0)
         self.requests.append(req)
         return self._events(req, self.scripts[_call(req)])
 
-    async def _events(self, req: EngineRequest, script: Script) -> AsyncIterator[EngineEvent]:
+    async def _events(self, req: EngineRequest, script: Script) -> AsyncGenerator[EngineEvent, None]:
         call, done = _call(req), False
         cached = min(self.cached, len(req.prompt_ids))
         try:
@@ -92,7 +92,7 @@ def request(budget: int, max_new: int, *, n: int = 1, seed: int | None = None,
         thinking=ThinkingBudget(budget, CLOSE_TEXT, CLOSE_IDS, CLOSE_INSERT))
 
 
-async def _collect(stream: AsyncIterator[EngineEvent]) -> list[EngineEvent]:
+async def _collect(stream: AsyncGenerator[EngineEvent, None]) -> list[EngineEvent]:
     return [event async for event in stream]
 
 
@@ -298,7 +298,7 @@ def test_consumer_closing_early_releases_the_thinking_call() -> None:
         stream = generate_with_budget(engine, request(budget=5, max_new=20))  # type: ignore[arg-type]
         first = await anext(stream)
         assert first.token_ids == [20]
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
 
     asyncio.run(body())
     assert engine.calls() == ["think0"]
