@@ -19,8 +19,8 @@ WINDOW_S = 60.0
 
 
 @dataclass(slots=True)
-class KeyUsage:
-    """What one key consumed (what seed 004's users are billed on); kept across restarts by app/usage_store.py."""
+class UsageTotals:
+    """What one key consumed (what it is billed on); kept across restarts by app/usage_store.py."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -36,7 +36,7 @@ class _KeyState:
     admitted: deque[float] = field(default_factory=deque)  # admission times within the window
     spent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, tokens) within the window
     spent_sum: int = 0
-    usage: KeyUsage = field(default_factory=KeyUsage)
+    usage: UsageTotals = field(default_factory=UsageTotals)
 
     def prune(self, now: float) -> None:
         while self.admitted and self.admitted[0] <= now - WINDOW_S:
@@ -84,19 +84,19 @@ class KeyLimiter:
             state = self._keys[key] = _KeyState(key)
         return state
 
-    def usage(self) -> dict[str, KeyUsage]:
+    def usage(self) -> dict[str, UsageTotals]:
         return {key: state.usage for key, state in self._keys.items()}
 
-    def restore(self, totals: dict[str, KeyUsage]) -> None:
+    def restore(self, totals: dict[str, UsageTotals]) -> None:
         """Start from stored totals (at start-up, before any request)."""
         for key, usage in totals.items():
             self._state(key).usage = replace(usage)
 
-    def restore_changed(self, changed: dict[str, KeyUsage]) -> None:
+    def restore_changed(self, changed: dict[str, UsageTotals]) -> None:
         """Saving `changed` failed: keep those keys marked so the next flush writes them."""
         self._changed.update(changed)
 
-    def take_changed(self) -> dict[str, KeyUsage]:
+    def take_changed(self) -> dict[str, UsageTotals]:
         """Copies of the totals that changed since the last call, for the store."""
         changed = {key: replace(self._keys[key].usage) for key in self._changed}
         self._changed.clear()

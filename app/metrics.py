@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core.protocol import Usage
+from tools import calls as tool_calls
 
 # Engine figures that only grow are exposed as counters, the rest (queue depth, batch size, bytes) as gauges.
 _ENGINE_COUNTERS = re.compile(r"(compiled|reused|lookups|hits|misses|tokens|_ms)$")
@@ -102,6 +103,10 @@ class _StateCollector(Collector):
         refused.add_metric([], float(checker.refused))
         yield checks
         yield refused
+        mismatches = CounterMetricFamily("lodestar_tool_call_schema_mismatches",
+                                         "Generated tool-call arguments that failed their schema despite the grammar")
+        mismatches.add_metric([], float(tool_calls.schema_mismatches))
+        yield mismatches
         if served is None:
             return
         for name, value in served.engine.stats().items():

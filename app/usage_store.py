@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.limits import KeyUsage
+from app.limits import UsageTotals
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS key_usage (
     owner TEXT PRIMARY KEY, requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
@@ -30,12 +30,12 @@ class UsageStore:
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
 
-    def load(self) -> dict[str, KeyUsage]:
+    def load(self) -> dict[str, UsageTotals]:
         with self._lock:
             rows = self._db.execute(f"SELECT owner, {', '.join(_FIELDS)} FROM key_usage").fetchall()
-        return {row[0]: KeyUsage(*row[1:]) for row in rows}
+        return {row[0]: UsageTotals(*row[1:]) for row in rows}
 
-    def save(self, totals: dict[str, KeyUsage]) -> None:
+    def save(self, totals: dict[str, UsageTotals]) -> None:
         if not totals:
             return
         now = time.time()

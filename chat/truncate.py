@@ -1,4 +1,4 @@
-"""prompt_truncate_len (seed 003): keep a long conversation's prompt within a token limit on purpose.
+"""prompt_truncate_len (a provider's extension): keep a long conversation's prompt within a token limit on purpose.
 
 The oldest whole turns after the system prompt are dropped until the rendered prompt fits. The system
 prompt (leading system and developer messages) and the latest user turn always stay, and a tool result

@@ -159,7 +159,7 @@ class ChatCompletionRequest(msgspec.Struct):
     response_format: ResponseFormat | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: Effort | None = None  # OpenAI's spelling
-    prompt_truncate_len: int | None = None  # seed 003: drop the oldest turns to fit this many prompt tokens
+    prompt_truncate_len: int | None = None  # extension: drop the oldest turns to fit this many prompt tokens
     # token id (a string of decimal digits) -> bias. Kept as the raw JSON: chat/validation.py bounds its size
     # before anything is built from it (a 32 MiB body could hold millions of entries). Empty when absent.
     logit_bias: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
@@ -223,7 +223,7 @@ class ChatCompletion(msgspec.Struct, omit_defaults=True):
     system_fingerprint: str
     choices: list[Choice]
     usage: Usage
-    confidence_score: float | None = None  # seed 003; omitted unless enabled or logprobs were asked
+    confidence_score: float | None = None  # extension; omitted unless enabled or logprobs were asked
 
 
 class FunctionCallDelta(msgspec.Struct, omit_defaults=True):
@@ -260,7 +260,7 @@ class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
     system_fingerprint: str
     choices: list[ChunkChoice]
     # With stream_options.include_usage every chunk says `"usage": null` but OpenAI's last one (empty
-    # choices); without it, only the finish chunk carries usage (seed 003's shape). UNSET: left out.
+    # choices); without it, only the finish chunk carries usage (as some providers send it). UNSET: left out.
     usage: Usage | None | msgspec.UnsetType = msgspec.UNSET
     confidence_score: float | None = None
 

@@ -75,8 +75,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_temperature: float = 1.0
     default_top_p: float = 1.0
     default_max_tokens: int | None = None  # None: the rest of the context
-    prompt_truncate_len: int | None = None  # seed 003's field when the request omits it; None: no truncation
-    confidence_score: bool = False  # always add seed 003's confidence_score
+    prompt_truncate_len: int | None = None  # the request field's default; None: no truncation
+    confidence_score: bool = False  # always add the confidence_score extension
     # Tools and structured output (docs/tools.md)
     max_tools: int = 128  # tools per request
     max_schema_bytes: int = 65_536  # all tool and response_format schemas of a request, as JSON

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions (and seed 003's /api/v3/inference/chat/completions)."""
+"""POST /v1/chat/completions (and its alias /api/v3/inference/chat/completions, a provider's path)."""
 
 from __future__ import annotations
 

@@ -64,3 +64,13 @@ def test_metrics_count_schema_checks() -> None:
         m = scrape(c)
     assert m[("lodestar_schema_checks_total", ())] == 3
     assert m[("lodestar_schema_checks_stopped_total", ())] == 0
+
+
+def test_metrics_count_tool_call_schema_mismatches(monkeypatch) -> None:
+    """The parser's count of arguments that broke their schema despite the grammar reaches /metrics."""
+    from tools import calls
+
+    with TestClient(make_app()) as c:
+        before = scrape(c)[("lodestar_tool_call_schema_mismatches_total", ())]
+        monkeypatch.setattr(calls, "schema_mismatches", calls.schema_mismatches + 2)
+        assert scrape(c)[("lodestar_tool_call_schema_mismatches_total", ())] == before + 2
