@@ -14,7 +14,7 @@ from litestar.response import Stream
 from app.auth import bearer_token
 from app.limits import Permit
 from app.logs import REQUEST_ID
-from app.routes.health import served_model
+from app.routes.served import served_model
 from app.streaming import GuardedStream, sse_stream
 from chat import pipeline, responses
 from chat.pipeline import ServedModel

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.datastructures import State
 
-from app.routes.health import served_model
+from app.routes.served import served_model
 from core.protocol import ModelCard, ModelList, encode
 
 

@@ -20,7 +20,7 @@ from litestar.response.file import ASGIFileResponse
 
 from app.resources import RequestCheck
 from app.routes.chat import json_body
-from app.routes.health import served_model
+from app.routes.served import served_model
 from chat.pipeline import checked_tools
 from chat.validation import resolve_model, validate_request
 from core.protocol import encode
