@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from core.text import partial_suffix
 from engines.base import EngineEvent, TokenLogprob
 
 
@@ -76,14 +77,7 @@ class ChoiceStream:
 
     def _held_back(self) -> int:
         """Length of the longest suffix of the pending text that could begin a stop string."""
-        hold = 0
-        pending = self._pending
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(pending)), hold, -1):
-                if pending.endswith(stop[:size]):
-                    hold = size
-                    break
-        return hold
+        return partial_suffix(self._pending, *self.stops)
 
     def _release(self, text: str, final: bool = False) -> ChoiceDelta:
         self._pending = self._pending[len(text):]

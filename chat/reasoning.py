@@ -16,6 +16,7 @@ from chat.families import PROMPTED_THINK, Family
 from core.errors import invalid
 from core.protocol import ChatCompletionRequest
 from core.settings import Settings
+from core.text import partial_suffix
 from engines.base import EngineEvent, ThinkingBudget
 
 # Share of the completion budget (max_tokens, or what is left of the context) that each effort may think.
@@ -201,7 +202,7 @@ class ReasoningSplitter:
             self._held = ""
             self._count()
             return out, ""
-        cut = len(buf) - _partial_suffix(buf, self.close)
+        cut = len(buf) - partial_suffix(buf, self.close)
         while cut > 0 and buf[cut - 1].isspace():
             cut -= 1
         out = self._emit(buf[:cut], offset)
@@ -266,11 +267,3 @@ def _pending_markers(text: str, markers: tuple[str, ...]) -> int:
             if misses >= longest:  # a run cannot reach past this many positions that start none
                 break
     return len(text) - best
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of `text` that is a proper beginning of `marker`."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size
-    return 0

@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 
+from core.text import partial_suffix
+
 log = logging.getLogger("lodestar.tools")
 
 # Generated arguments that fail their schema despite the grammar: a bug worth counting.
@@ -71,7 +73,7 @@ class ToolCallParser:
                     self._shown = True
                 continue
             # Hold back what could be the start of a marker, and trailing whitespace before a call.
-            keep = _partial_suffix(self._pending, self.open)
+            keep = partial_suffix(self._pending, self.open)
             ready = self._pending[: len(self._pending) - keep]
             shown = ready.rstrip() if ready.strip() else ""
             if shown:
@@ -90,7 +92,7 @@ class ToolCallParser:
         if self._in_call:
             log.info("dropped an unfinished tool call (%d characters)", len(self._pending))
         # The start of a marker cut off by max_tokens ("<tool_c") is debris too (streams never showed it).
-        rest = "" if self._in_call else self._pending[: len(self._pending) - _partial_suffix(self._pending, self.open)]
+        rest = "" if self._in_call else self._pending[: len(self._pending) - partial_suffix(self._pending, self.open)]
         self._pending, self._in_call = "", False
         if self.bare and not self._shown and not self.calls and _may_be_bare_call(rest):
             call = self._parse(_unfenced(rest))
@@ -161,11 +163,3 @@ def _unfenced(text: str) -> str:
     if body.startswith(_FENCE) and body.endswith("```"):
         body = body[len(_FENCE):-3]
     return body.strip()
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size
-    return 0
