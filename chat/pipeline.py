@@ -169,7 +169,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     if settings.max_tokens_limit:
         max_new = min(max_new, settings.max_tokens_limit)
     top_k = req.top_k if req.top_k and req.top_k > 0 else 0
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    stops = req.stop_strings()
     sampling = SamplingParams(
         max_new_tokens=max_new,
         temperature=settings.default_temperature if req.temperature is None else req.temperature,

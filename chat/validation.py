@@ -176,7 +176,7 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
     if req.prompt_truncate_len is not None and req.prompt_truncate_len < 1:
         raise invalid(f"'prompt_truncate_len' must be at least 1, got {req.prompt_truncate_len}",
                       "prompt_truncate_len")
-    stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+    stops = req.stop_strings()
     if len(stops) > settings.max_stop:
         raise invalid(f"'stop' accepts at most {settings.max_stop} sequences, got {len(stops)}", "stop")
     if any(not s for s in stops):

@@ -164,6 +164,10 @@ class ChatCompletionRequest(msgspec.Struct):
     # before anything is built from it (a 32 MiB body could hold millions of entries). Empty when absent.
     logit_bias: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
+    def stop_strings(self) -> list[str]:
+        """`stop` as a list, whichever of its shapes the request used (one string, a list, or none)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
 
 # -- responses ------------------------------------------------------------------------------------
 
