@@ -114,6 +114,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     renderer = served.renderer
     info = served.engine.model_info
     tools = await checked_tools(req, settings, served, checker)
+    reasoning = decide(req, served.reasoning, settings)  # its 400s come before any image is fetched
     messages = session.messages if session is not None else req.messages
     truncate_to = req.prompt_truncate_len or settings.prompt_truncate_len
     truncated = False
@@ -129,7 +130,6 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         assert served.images is not None  # validation refused images for a model without vision
         refuse_placeholder_text(messages, renderer.family.image_placeholders)
         images = await prepare_images(refs, settings, served.images, served.engine)
-    reasoning = decide(req, served.reasoning, settings)
 
     # A session that continues its stored conversation is rendered from its exact token ids (not for
     # vision prompts, whose image tokens are expanded after rendering).
