@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -36,21 +37,39 @@ from engines.base import EngineEvent, TokenLogprob
 from tools.calls import ParsedCall, ToolCallParser
 
 
+@dataclass(slots=True)
+class ChoiceOutput:
+    """Everything one choice's output owns while its events flow."""
+
+    text: ChoiceStream  # stop strings, held-back text, logprobs as their text is released, the finish
+    splitter: ReasoningSplitter | None  # reasoning split off first (models that reason)
+    parser: ToolCallParser | None  # then content and tool calls (requests with tools)
+    generated: int = 0  # tokens, reasoning included
+    pieces: list[str | ParsedCall] = field(default_factory=list)  # content and calls released so far
+
+    @property
+    def index(self) -> int:
+        return self.text.index
+
+    @property
+    def finished(self) -> bool:
+        return self.text.finished
+
+
 class Run:
-    """The state of one request while its events flow: one ChoiceStream per choice."""
+    """The state of one request while its events flow: one ChoiceOutput per choice."""
 
     def __init__(self, plan: Plan, served: ServedModel) -> None:
         self.plan = plan
         self.served = served
         stop_ids = plan.engine_request.sampling.stop_token_ids
-        self.choices = [ChoiceStream(i, plan.stops, plan.logprobs, stop_ids) for i in range(plan.engine_request.n)]
-        self.parsers = [plan.tools.parser() for _ in self.choices]
         syntax = plan.reasoning.syntax if plan.reasoning else None
-        self.splitters = [ReasoningSplitter(syntax.open, syntax.close) if syntax else None for _ in self.choices]
-        self.generated = [0 for _ in self.choices]  # tokens per choice, reasoning included
+        self.outputs = [ChoiceOutput(ChoiceStream(i, plan.stops, plan.logprobs, stop_ids),
+                                     ReasoningSplitter(syntax.open, syntax.close) if syntax else None,
+                                     plan.tools.parser())
+                        for i in range(plan.engine_request.n)]
         self.first_ids: list[int] = []  # choice 0's tokens, for sessions
         self.finished = False
-        self.pieces: list[list[str | ParsedCall]] = [[] for _ in self.choices]
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
         self.started = time.perf_counter()
@@ -60,7 +79,7 @@ class Run:
         else:
             self._stream = engine.generate(req)
 
-    async def events(self) -> AsyncIterator[tuple[ChoiceStream, EngineEvent]]:
+    async def events(self) -> AsyncIterator[tuple[ChoiceOutput, EngineEvent]]:
         stream, observers = self._stream, self.plan.observers
         last = None
         try:
@@ -75,68 +94,67 @@ class Run:
                     for observer in observers:
                         observer.token_latency(now - (self.started if last is None else last), first=last is None)
                     last = now
-                yield self.choices[event.index], event
-                if all(c.finished for c in self.choices):
+                yield self.outputs[event.index], event
+                if all(out.finished for out in self.outputs):
                     break
         finally:
             await stream.aclose()  # stops the engine's work for a request that ends early
             for observer in observers:
                 observer.finished(self.usage())
 
-    def process(self, choice: ChoiceStream, event: EngineEvent) -> tuple[str, ChoiceDelta, list[str | ParsedCall]]:
+    def process(self, out: ChoiceOutput, event: EngineEvent) -> tuple[str, ChoiceDelta, list[str | ParsedCall]]:
         """Feed one event to its choice: reasoning is split off first, then the answer goes through stop
         strings and, with tools, is split into content and calls."""
-        if not choice.finished:  # a choice ended by a stop string ignores what its engine still sends
-            self.generated[choice.index] += len(event.token_ids)
-            if choice.index == 0:
+        if not out.finished:  # a choice ended by a stop string ignores what its engine still sends
+            out.generated += len(event.token_ids)
+            if out.index == 0:
                 self.first_ids.extend(event.token_ids)
-        splitter = self.splitters[choice.index]
         reasoning = ""
-        if splitter is not None and not choice.finished:
-            reasoning, event = splitter.feed(event)
+        if out.splitter is not None and not out.finished:
+            reasoning, event = out.splitter.feed(event)
             if self.plan.reasoning is not None and self.plan.reasoning.exclude:
                 reasoning = ""
-        delta = choice.feed(event)
-        parser = self.parsers[choice.index]
+        delta = out.text.feed(event)
+        parser = out.parser
         if parser is None:
             return reasoning, delta, []
         pieces = parser.feed(delta.text)
         if parser.repeated and delta.finish_reason is None:
-            delta.finish_reason = choice.end("stop").finish_reason
+            delta.finish_reason = out.text.end("stop").finish_reason
         if delta.finish_reason is not None:
             pieces += parser.finish(truncated=delta.finish_reason == "length")
-        self.pieces[choice.index].extend(pieces)
+        out.pieces.extend(pieces)
         return reasoning, delta, pieces
 
-    def answer(self, index: int) -> tuple[str | None, list[ParsedCall]]:
+    def answer(self, out: ChoiceOutput) -> tuple[str | None, list[ParsedCall]]:
         """A choice's content and tool calls, as far as they were released."""
-        pieces = self.pieces[index]
-        calls = [p for p in pieces if isinstance(p, ParsedCall)]
-        if self.parsers[index] is None:
-            return self.choices[index].full_text, calls
-        return "".join(p for p in pieces if isinstance(p, str)) or (None if calls else ""), calls
+        calls = [p for p in out.pieces if isinstance(p, ParsedCall)]
+        if out.parser is None:
+            return out.text.full_text, calls
+        return "".join(p for p in out.pieces if isinstance(p, str)) or (None if calls else ""), calls
 
     async def finish(self) -> None:
         """Hand choice 0's reply to the plan's on_finish, once."""
-        if self.plan.on_finish is None or not self.generated[0] or self.finished:
+        first = self.outputs[0]
+        if self.plan.on_finish is None or not first.generated or self.finished:
             return
         self.finished = True
-        content, calls = self.answer(0)
-        splitter = self.splitters[0]
+        content, calls = self.answer(first)
+        splitter = first.splitter
         message = reply_message(content, splitter.text if splitter else None,
                                 [(c.id, c.name, c.arguments) for c in calls])
         await self.plan.on_finish(Reply(message, [*self.plan.engine_request.prompt_ids, *self.first_ids],
                                         self.usage()))
 
-    def reasoning_content(self, index: int) -> str | None:
-        splitter = self.splitters[index]
+    def reasoning_content(self, out: ChoiceOutput) -> str | None:
+        splitter = out.splitter
         if splitter is None or (self.plan.reasoning is not None and self.plan.reasoning.exclude):
             return None
         return splitter.text
 
     def usage(self) -> Usage:
-        completion = sum(self.generated)
-        reasoning = sum(s.reasoning_tokens for s in self.splitters if s is not None)
+        completion = sum(out.generated for out in self.outputs)
+        reasoning = sum(out.splitter.reasoning_tokens for out in self.outputs if out.splitter is not None)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
                      total_tokens=self.prompt_tokens + completion,
                      prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
@@ -146,7 +164,7 @@ class Run:
         """100 x the geometric mean of the sampled tokens' probabilities, over all choices."""
         if not self.plan.confidence:
             return None
-        values = [lp for c in self.choices for lp in c.all_logprobs]
+        values = [lp for out in self.outputs for lp in out.text.all_logprobs]
         if not values:
             return None
         return round(100.0 * math.exp(sum(values) / len(values)), 4)
@@ -168,18 +186,18 @@ class Run:
 
 async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
     run = Run(plan, served)
-    async for choice, event in run.events():
-        run.process(choice, event)
+    async for out, event in run.events():
+        run.process(out, event)
     await run.finish()
     choices = []
-    for c in run.choices:
-        content, calls = run.answer(c.index)
+    for out in run.outputs:
+        content, calls = run.answer(out)
         message = ResponseMessage(role="assistant", content=content,
-                                  reasoning_content=run.reasoning_content(c.index), tool_calls=[
+                                  reasoning_content=run.reasoning_content(out), tool_calls=[
             ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
             for call in calls] or None)
-        choices.append(Choice(index=c.index, message=message, logprobs=run.logprobs_out(c.logprobs),
-                              finish_reason=_finish_reason(c.finish_reason, calls)))
+        choices.append(Choice(index=out.index, message=message, logprobs=run.logprobs_out(out.text.logprobs),
+                              finish_reason=_finish_reason(out.text.finish_reason, calls)))
     return ChatCompletion(
         id=plan.request_id, object="chat.completion", created=plan.created, model=plan.model,
         system_fingerprint=served.fingerprint, choices=choices, usage=run.usage(),
@@ -205,8 +223,8 @@ async def _chunks(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
                                    model=plan.model, system_fingerprint=served.fingerprint, choices=choices,
                                    **extra)
 
-    yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content=""))
-                 for c in run.choices])
+    yield chunk([ChunkChoice(index=out.index, delta=Delta(role="assistant", content=""))
+                 for out in run.outputs])
     try:
         async for chunk_out in _event_chunks(run, chunk):
             yield chunk_out
@@ -218,33 +236,33 @@ async def _chunks(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
 
 
 async def _event_chunks(run: Run, chunk: Callable[..., ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
-    async for choice, event in run.events():
-        reasoning, delta, pieces = run.process(choice, event)
+    async for out, event in run.events():
+        reasoning, delta, pieces = run.process(out, event)
         if reasoning:
-            yield chunk([ChunkChoice(index=choice.index, delta=Delta(reasoning_content=reasoning))])
-        parser = run.parsers[choice.index]
+            yield chunk([ChunkChoice(index=out.index, delta=Delta(reasoning_content=reasoning))])
+        parser = out.parser
         if parser is None:
             if delta.text or delta.logprobs:
-                yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=delta.text),
+                yield chunk([ChunkChoice(index=out.index, delta=Delta(content=delta.text),
                                          logprobs=run.logprobs_out(delta.logprobs))])
         else:
             logprobs = run.logprobs_out(delta.logprobs) if delta.logprobs else None
             for piece in pieces or ([""] if logprobs else []):
-                yield chunk([_piece_choice(choice.index, piece, parser, logprobs)])
+                yield chunk([_piece_choice(out.index, piece, parser, logprobs)])
                 logprobs = None
             for piece in pieces:
                 if isinstance(piece, ParsedCall):  # the arguments follow the call's opening delta
-                    yield chunk([ChunkChoice(index=choice.index, delta=Delta(tool_calls=[ToolCallDelta(
+                    yield chunk([ChunkChoice(index=out.index, delta=Delta(tool_calls=[ToolCallDelta(
                         index=parser.calls.index(piece), function=FunctionCallDelta(arguments=piece.arguments))]))])
         if delta.finish_reason is not None:
-            last = all(c.finished for c in run.choices)
+            last = all(o.finished for o in run.outputs)
             extra: dict[str, Any] = {"confidence_score": run.confidence_score()} if last else {}
             if last and not run.plan.include_usage:  # else the usage chunk that follows carries it, alone
                 extra["usage"] = run.usage()
             if last:  # stored before the client sees the end, so a reply it got is never missing
                 await run.finish()
             calls = parser.calls if parser is not None else []
-            yield chunk([ChunkChoice(index=choice.index, delta=Delta(),
+            yield chunk([ChunkChoice(index=out.index, delta=Delta(),
                                      finish_reason=_finish_reason(delta.finish_reason, calls))], **extra)
 
 
