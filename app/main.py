@@ -88,9 +88,8 @@ def forget_in_engine(state: State) -> Callable[[str], None]:
 
     def forget(key: str) -> None:
         served = state.get("served")
-        forget_session = getattr(served.engine, "forget_session", None) if served is not None else None
-        if forget_session is not None:
-            forget_session(key)
+        if served is not None:
+            served.engine.forget_session(key)
 
     return forget
 

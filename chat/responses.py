@@ -74,7 +74,7 @@ class Run:
         self.cached_tokens = 0
         self.started = time.perf_counter()
         engine, req = served.engine, plan.engine_request
-        if req.thinking is not None and not getattr(engine, "thinking_budgets", False):
+        if req.thinking is not None and not engine.thinking_budgets:
             self._stream = generate_with_budget(engine, req)  # raises now if not admitted
         else:
             self._stream = engine.generate(req)

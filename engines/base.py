@@ -157,6 +157,10 @@ class Engine(Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
+    def forget_session(self, session_key: str) -> None:
+        """The session was deleted or expired: drop what the engine keeps for it (nothing, for most)."""
+        ...
+
     def ready(self) -> bool: ...
 
     def stats(self) -> dict[str, int]:

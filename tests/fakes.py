@@ -2,7 +2,7 @@
 
 FakeEngine implements the Engine protocol of engines/base.py: every choice spells out a scripted text one
 token per event, then ends with an end-of-turn token (finish "stop") or at max_new_tokens (finish "length").
-It has no `thinking_budgets`, so the pipeline enforces reasoning budgets with two calls (chat/reasoning_calls.py).
+Its `thinking_budgets` is false, so the pipeline enforces reasoning budgets with two calls (chat/reasoning_calls.py).
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class FakeRenderer:
 
 
 class FakeEngine:
+    thinking_budgets = False  # the pipeline enforces reasoning budgets with two calls (chat/reasoning_calls.py)
+
     def __init__(self, script: Sequence[str] = DEFAULT_SCRIPT, *, model_id: str = "fake-model",
                  aliases: tuple[str, ...] = ("fake",), context_length: int = 512, vision: bool = False,
                  logprob: float = -0.25, cached_tokens: int = 0, fail_after: int | None = None,
@@ -98,6 +100,7 @@ class FakeEngine:
         self.tokenizer = FakeTokenizer(self.script)
         self.logprob = logprob
         self.cached_tokens = cached_tokens
+        self.forgotten: list[str] = []  # session keys the app said were gone
         self.fail_after = fail_after  # raise EngineError after this many decode steps
         # A prompt that holds scripted tokens continues the script after them (as the second of the
         # pipeline's two reasoning calls continues the first); else every request spells it from the start.
@@ -162,6 +165,9 @@ class FakeEngine:
 
     def prepare_constraint(self, constraint: Any) -> None:
         self.prepared.append(constraint)  # no grammar engine here: a constraint is only recorded
+
+    def forget_session(self, session_key: str) -> None:
+        self.forgotten.append(session_key)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

@@ -139,6 +139,9 @@ class SGLangEngine:
                               code="engine_unavailable", retry_after=5.0)
         return self._events(req)
 
+    def forget_session(self, session_key: str) -> None:
+        """Nothing to drop: the workers' RadixAttention caches evict on their own."""
+
     async def abort(self, request_id: str) -> None:
         active = self._active.get(request_id)
         if active is not None:

@@ -591,3 +591,11 @@ def test_models_and_ready(client: TestClient) -> None:
     assert card["aliases"] == ["fake"] and card["vision"] is False and card["context_length"] == 512
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["model"] == "fake-model"
+
+
+def test_a_deleted_session_is_forgotten_by_the_engine(engine: FakeEngine, client: TestClient) -> None:
+    """Engine.forget_session is part of the protocol: the app calls it, not found with getattr."""
+    headers = {"X-Session-ID": "forget-me"}
+    assert client.post(CHAT, json=body(), headers=headers).status_code == 200
+    assert client.delete("/v1/sessions/forget-me").status_code == 200
+    assert len(engine.forgotten) == 1 and engine.forgotten[0].endswith("forget-me")
