@@ -28,7 +28,7 @@ async def sse_stream(chunks: AsyncIterator[ChatCompletionChunk], request_id: str
         async for chunk in chunks:
             yield sse(encode(chunk))
     except EngineError as exc:
-        yield sse(encode(APIError(exc.status, str(exc), code=exc.code).body()))
+        yield sse(encode(exc.as_api_error().body()))
     except APIError as exc:
         yield sse(encode(exc.body()))
     except Exception:

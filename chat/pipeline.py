@@ -104,8 +104,7 @@ async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: 
         try:
             await asyncio.to_thread(served.engine.prepare_constraint, tools.constraint)
         except EngineError as exc:
-            raise APIError(exc.status, str(exc), param="tools" if req.tools else "response_format",
-                           code=exc.code) from None
+            raise exc.as_api_error(param="tools" if req.tools else "response_format") from None
     return tools
 
 

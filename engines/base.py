@@ -10,6 +10,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from core.errors import APIError
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -135,6 +137,11 @@ class EngineError(Exception):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+    def as_api_error(self, param: str | None = None) -> APIError:
+        """The one way an engine failure becomes an OpenAI error (a response, or an event in a stream)."""
+        headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after else None
+        return APIError(self.status, str(self), param=param, code=self.code, headers=headers)
 
 
 class Engine(Protocol):

@@ -28,11 +28,6 @@ from sessions.manager import HEADER, Lease, check_session_id, engine_key, owner_
 CHAT_PATHS = ["/v1/chat/completions", "/api/v3/inference/chat/completions"]
 
 
-def engine_error(exc: EngineError) -> APIError:
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after else None
-    return APIError(exc.status, str(exc), code=exc.code, headers=headers)
-
-
 def is_json_media_type(value: str) -> bool:
     """application/json or application/<name>+json, any case, with no charset but UTF-8 (RFC 8259: JSON
     exchanged between systems is UTF-8, and that is all the decoder reads)."""
@@ -131,14 +126,14 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
         try:  # admission errors (queue full) still get a real HTTP status
             chunks = responses.stream(plan, served)
         except EngineError as exc:
-            raise engine_error(exc) from None
+            raise exc.as_api_error() from None
         return GuardedStream(sse_stream(_releasing(chunks, permit, lease), plan.request_id),
                              on_end=lambda: _release(permit, lease), media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         completion = await responses.complete(plan, served)
     except EngineError as exc:
-        raise engine_error(exc) from None
+        raise exc.as_api_error() from None
     return Response(encode(completion), media_type="application/json", headers=headers)
 
 
