@@ -31,7 +31,7 @@ def build_served_model(settings: Settings) -> ServedModel:
     family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
     renderer = PromptRenderer(loaded.tokenizer, family, vision=loaded.vision)
     engine = EmbeddedEngine(
-        loaded, family=family.name, max_queue=settings.max_queue, context_length=settings.context_length,
+        loaded, max_queue=settings.max_queue, context_length=settings.context_length,
         vision_cache_entries=settings.vision_cache_entries, grammar_cache_entries=settings.grammar_cache_entries,
         prefix_cache_bytes=settings.prefix_cache_bytes,
         config=SchedulerConfig(max_batch_size=settings.max_batch_size, prefill_chunk=settings.prefill_chunk,

@@ -41,7 +41,7 @@ def build_sglang_model(settings: Settings) -> ServedModel:
         workers = [Worker(url, connect_timeout_s=settings.sglang_connect_timeout_s,
                           read_timeout_s=settings.sglang_read_timeout_s, retry_s=settings.sglang_retry_s,
                           api_key=settings.sglang_api_key) for url in urls]
-        engine = SGLangEngine(workers, facts, tokenizer=tokenizer, family=family.name, model_type=model_type,
+        engine = SGLangEngine(workers, facts, tokenizer=tokenizer, model_type=model_type,
                               model_context=model_context, aliases=aliases, context_length=settings.context_length,
                               vocab_size=vocab_size,
                               health_interval_s=settings.sglang_health_interval_s,

@@ -94,7 +94,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     renderer = PromptRenderer(tokenizer, detect_family("llama", tokenizer.chat_template))
     token_id = tokenizer.encode(" ok", add_special_tokens=False)[0]
-    info = ModelInfo(id=model_id, aliases=aliases, context_length=8192, vision=False, family="chatml",
+    info = ModelInfo(id=model_id, aliases=aliases, context_length=8192, vision=False,
                      created=int(time.time()))
     served = ServedModel(engine=NullEngine(info, token_id, tokenizer.decode([token_id])), renderer=renderer,
                          fingerprint="fp_null")

@@ -138,7 +138,7 @@ def end_to_end(tokenizer, repeats: int) -> dict:
         return len(times), (len(times) - 1) / (times[-1] - times[0])
 
     async def run() -> dict:
-        engine_holder.append(EmbeddedEngine(loaded, family="qwen2", config=SchedulerConfig(max_batch_size=1)))
+        engine_holder.append(EmbeddedEngine(loaded, config=SchedulerConfig(max_batch_size=1)))
         try:
             constrained, free = [], []
             for _ in range(repeats):

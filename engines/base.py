@@ -21,7 +21,6 @@ class ModelInfo:
     aliases: tuple[str, ...]
     context_length: int
     vision: bool
-    family: str
     created: int
     owned_by: str = "lodestar"
     image_token_id: int | None = None  # the placeholder a vision model's prompt repeats once per image token

@@ -95,7 +95,7 @@ class FakeEngine:
                  logprob: float = -0.25, cached_tokens: int = 0, fail_after: int | None = None,
                  resume: bool = False) -> None:
         self.model_info = ModelInfo(id=model_id, aliases=aliases, context_length=context_length,
-                                    vision=vision, family="generic", created=int(time.time()), vocab_size=VOCAB_SIZE)
+                                    vision=vision, created=int(time.time()), vocab_size=VOCAB_SIZE)
         self.script = list(script)
         self.tokenizer = FakeTokenizer(self.script)
         self.logprob = logprob

@@ -21,7 +21,7 @@ from engines.embedded.vision import QwenVision
 class EmbeddedEngine:
     thinking_budgets = True  # the scheduler closes a reasoning section mid-generation (engines/thinking.py)
 
-    def __init__(self, loaded: LoadedModel, *, family: str, config: SchedulerConfig, max_queue: int = 64,
+    def __init__(self, loaded: LoadedModel, *, config: SchedulerConfig, max_queue: int = 64,
                  context_length: int | None = None, vision_cache_entries: int = 32,
                  grammar_cache_entries: int = 128, prefix_cache_bytes: int = 0) -> None:
         model_config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
@@ -34,7 +34,7 @@ class EmbeddedEngine:
         decoder = Decoder(loaded.model)
         self.model_info = ModelInfo(
             id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=self.vision is not None,
-            family=family, created=int(time.time()),
+            created=int(time.time()),
             image_token_id=self.vision.image_token_id if self.vision else None, vocab_size=decoder.vocab_size,
             hides_tools_after_results=bool((entry := find_catalog_model(loaded.model_id))
                                            and entry.hides_tools_after_results))

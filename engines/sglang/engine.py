@@ -74,7 +74,7 @@ def context_length_of(facts: RuntimeFacts, model_context: int, setting: int | No
 
 
 class SGLangEngine:
-    def __init__(self, workers: list[Worker], facts: RuntimeFacts, *, tokenizer: Any, family: str,
+    def __init__(self, workers: list[Worker], facts: RuntimeFacts, *, tokenizer: Any,
                  model_type: str, model_context: int, aliases: tuple[str, ...] = (),
                  context_length: int | None = None, vocab_size: int | None = None, health_interval_s: float = 10.0,
                  on_close: Callable[[], None] | None = None) -> None:
@@ -97,7 +97,7 @@ class SGLangEngine:
         self.model_info = ModelInfo(
             id=facts.model_id, aliases=aliases, context_length=context_length_of(facts, model_context, context_length),
             vision=vision,
-            family=family, created=int(time.time()), owned_by="sglang", image_token_id=image_token,
+            created=int(time.time()), owned_by="sglang", image_token_id=image_token,
             vocab_size=vocab_size)
         self._health_interval_s = health_interval_s
         self._active: dict[str, tuple[Worker, list[str]]] = {}

@@ -33,7 +33,7 @@ def run_engine(loaded: LoadedModel, body: Callable[[EmbeddedEngine], Awaitable[A
     """Build an engine, run `body` against it in a fresh event loop, and always close it."""
 
     async def main() -> Any:
-        engine = EmbeddedEngine(loaded, family="chatml", max_queue=max_queue, **options,
+        engine = EmbeddedEngine(loaded, max_queue=max_queue, **options,
                                 config=SchedulerConfig(max_batch_size=max_batch_size, prefill_chunk=prefill_chunk))
         try:
             return await asyncio.wait_for(body(engine), TIMEOUT)
@@ -97,8 +97,7 @@ def check_choice(events: list[EngineEvent], prompt_len: int) -> None:
 def test_model_info(fp32: LoadedModel) -> None:
     async def body(engine: EmbeddedEngine) -> None:
         info = engine.model_info
-        assert (info.id, info.aliases, info.family, info.vision) == (
-            "smollm2-135m-instruct", ("smollm2",), "chatml", False)
+        assert (info.id, info.aliases, info.vision) == ("smollm2-135m-instruct", ("smollm2",), False)
         assert info.context_length == fp32.model.config.max_position_embeddings
         assert engine.ready()
         assert load(engine) == {"running": 0, "waiting": 0, "requests": 0}
@@ -321,7 +320,7 @@ def test_full_queue_is_refused_eagerly_with_429(fp32: LoadedModel, chat_ids) -> 
 
 def test_close_stops_the_thread(fp32: LoadedModel) -> None:
     async def body() -> None:
-        engine = EmbeddedEngine(fp32, family="chatml", config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
+        engine = EmbeddedEngine(fp32, config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
         thread = engine._scheduler._thread
         assert thread.is_alive()
         started = time.monotonic()
@@ -336,7 +335,7 @@ def test_close_ends_in_flight_requests_and_refuses_new_ones(fp32: LoadedModel, c
     prompt = chat_ids(QUESTION)
 
     async def body() -> None:
-        engine = EmbeddedEngine(fp32, family="chatml", config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
+        engine = EmbeddedEngine(fp32, config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
         in_flight = engine.generate(request(prompt, max_new_tokens=500))
         await anext(in_flight)
         not_started = engine.generate(request(prompt, request_id="late", max_new_tokens=2))
@@ -364,7 +363,7 @@ def test_only_the_scheduler_thread_computes_in_parallel(fp32: LoadedModel) -> No
     seen: dict[str, int] = {}
 
     async def main() -> None:
-        engine = EmbeddedEngine(fp32, family="chatml", config=SchedulerConfig(threads=2))
+        engine = EmbeddedEngine(fp32, config=SchedulerConfig(threads=2))
         try:
             loop = asyncio.get_running_loop()
             done = asyncio.Event()

@@ -339,14 +339,12 @@ async def _json(send: Any, status: int, payload: Any) -> None:
 
 def build_engine(model: str, *, prefix_cache_bytes: int = 256 << 20) -> Any:
     """An embedded engine (fp32, so repeated requests are exact) to stand behind the contract."""
-    from chat.families import detect_family
     from engines.embedded.engine import EmbeddedEngine
     from engines.embedded.loader import load_model
     from engines.embedded.scheduler import SchedulerConfig
 
     loaded = load_model(model, Path("~/.local/share/lodestar").expanduser(), quantize="none")
-    family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
-    return EmbeddedEngine(loaded, family=family.name, prefix_cache_bytes=prefix_cache_bytes,
+    return EmbeddedEngine(loaded, prefix_cache_bytes=prefix_cache_bytes,
                           config=SchedulerConfig(max_batch_size=8, prefill_chunk=256, queue_timeout_s=60, threads=1))
 
 
