@@ -84,31 +84,52 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
         check_session_id(session_id)
     # Without configured keys every client is one anonymous key (see app/limits.py).
     tenant = owner_of(bearer if state.key_store.enabled else None)
-    permit = state.limits.admit(tenant)
-    lease = None
+    scope = await RequestScope.enter(state, tenant, owner_of(bearer), session_id)
     try:
-        if session_id is not None:
-            lease = await state.sessions.acquire(owner_of(bearer), session_id)
-        response = await _respond(req, state, served, model_id, lease, permit, tenant)
+        response = await _respond(req, state, served, model_id, scope, tenant)
     except BaseException:
-        _release(permit, lease)
+        scope.release()
         raise
     if not isinstance(response, Stream):
-        _release(permit, lease)
+        scope.release()
     return response
 
 
-def _release(permit: Permit, lease: Lease | None) -> None:
-    permit.release()
-    if lease is not None:
-        lease.release()
+class RequestScope:
+    """What one chat request holds while it runs: its key's permit (the per-key limits) and, with
+    X-Session-ID, its session's lease (one request per session). Acquired together; released together,
+    once, by whichever comes first: the response's end, the stream's end or a failure."""
+
+    __slots__ = ("permit", "lease", "_released")
+
+    def __init__(self, permit: Permit, lease: Lease | None) -> None:
+        self.permit, self.lease, self._released = permit, lease, False
+
+    @classmethod
+    async def enter(cls, state: State, tenant: str, owner: str, session_id: str | None) -> RequestScope:
+        permit = state.limits.admit(tenant)  # 429 here when the key is over a limit
+        try:
+            lease = await state.sessions.acquire(owner, session_id) if session_id is not None else None
+        except BaseException:
+            permit.release()
+            raise
+        return cls(permit, lease)
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.permit.release()
+        if self.lease is not None:
+            self.lease.release()
 
 
 async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
-                   lease: Lease | None, permit: Permit, tenant: str) -> Response[bytes] | Stream:
+                   scope: RequestScope, tenant: str) -> Response[bytes] | Stream:
+    lease = scope.lease
     turn = merge(lease.transcript, req.messages) if lease is not None else None
     plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker, session=turn)
-    plan.observers = [state.metrics.observer(), permit]
+    plan.observers = [state.metrics.observer(), scope.permit]
     plan.engine_request.tenant = tenant  # the engine shares its batch fairly between keys
     REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
     headers = {"X-Request-ID": plan.request_id}
@@ -127,8 +148,8 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
             chunks = responses.stream(plan, served)
         except EngineError as exc:
             raise exc.as_api_error() from None
-        return GuardedStream(sse_stream(_releasing(chunks, permit, lease), plan.request_id),
-                             on_end=lambda: _release(permit, lease), media_type="text/event-stream",
+        return GuardedStream(sse_stream(_releasing(chunks, scope), plan.request_id), on_end=scope.release,
+                             media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         completion = await responses.complete(plan, served)
@@ -137,13 +158,13 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     return Response(encode(completion), media_type="application/json", headers=headers)
 
 
-async def _releasing(chunks: AsyncGenerator[Any, None], permit: Permit,
-                     lease: Lease | None) -> AsyncGenerator[Any, None]:
-    """The stream's chunks; the key's slot and the session are free once the stream has ended."""
+async def _releasing(chunks: AsyncGenerator[Any, None], scope: RequestScope) -> AsyncGenerator[Any, None]:
+    """The stream's chunks; the scope is released once they have ended, before [DONE] goes out (a client
+    that sends its session's next turn on [DONE] finds the session free)."""
     try:
         async for chunk in chunks:
             yield chunk
     finally:  # a client that went away cancels the stream: close it shielded, then release
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
-        _release(permit, lease)
+        scope.release()

@@ -155,3 +155,31 @@ def test_usage_per_key_survives_a_restart(tmp_path) -> None:
     second = run(1)  # a new process, as far as the app knows: totals come from the database
     assert first["key"] == second["key"] == "sk-...1111"
     assert second["requests"] == 3 and second["prompt_tokens"] == first["prompt_tokens"] * 3 // 2
+
+
+def test_request_scope_releases_its_permit_and_lease_once_and_never_leaks() -> None:
+    """The chat route's one scope: a busy session gives its permit back; release twice frees once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.routes.chat import RequestScope
+
+    limiter = KeyLimiter(max_concurrent=1, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
+    released: list[str] = []
+
+    class Sessions:
+        async def acquire(self, owner: str, session_id: str) -> object:
+            if session_id == "busy":
+                raise APIError(409, "busy", code="session_busy")
+            return SimpleNamespace(release=lambda: released.append(session_id))
+
+    state = SimpleNamespace(limits=limiter, sessions=Sessions())
+    with pytest.raises(APIError):
+        asyncio.run(RequestScope.enter(state, "a", "a", "busy"))
+    scope = asyncio.run(RequestScope.enter(state, "a", "a", "s1"))  # the failed one left the slot free
+    assert refused(limiter, "a").code == "concurrency_limit_exceeded"
+    scope.release()
+    scope.release()
+    assert released == ["s1"]
+    limiter.admit("a")
+    assert refused(limiter, "a").code == "concurrency_limit_exceeded"  # one slot freed, not two
