@@ -108,12 +108,20 @@ async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: 
     return tools
 
 
+async def checked_stages(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
+                         checker: GrammarChecker) -> tuple[ToolPlan, ReasoningMode | None]:
+    """The stages that can refuse a request before anything is fetched or generated: tools and schemas
+    (their grammar compiled), then the reasoning fields. The chat route and /v1/playground/check both run
+    exactly these (after validate_request)."""
+    tools = await checked_tools(req, settings, served, checker)
+    return tools, decide(req, served.reasoning, settings)
+
+
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
                        model_id: str, checker: GrammarChecker, session: SessionTurn | None = None) -> Plan:
     renderer = served.renderer
     info = served.engine.model_info
-    tools = await checked_tools(req, settings, served, checker)
-    reasoning = decide(req, served.reasoning, settings)  # its 400s come before any image is fetched
+    tools, reasoning = await checked_stages(req, settings, served, checker)
     messages = session.messages if session is not None else req.messages
     truncate_to = req.prompt_truncate_len or settings.prompt_truncate_len
     truncated = False

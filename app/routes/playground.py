@@ -21,7 +21,7 @@ from litestar.response.file import ASGIFileResponse
 from app.resources import RequestCheck
 from app.routes.chat import json_body
 from app.routes.served import served_model
-from chat.pipeline import checked_tools
+from chat.pipeline import checked_stages
 from chat.validation import resolve_model, validate_request
 from core.protocol import encode
 
@@ -81,5 +81,5 @@ async def check_request(request: Request, state: State) -> Response[bytes]:
     served = served_model(state)
     resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
-    await checked_tools(req, state.settings, served, state.grammar_checker)
+    await checked_stages(req, state.settings, served, state.grammar_checker)
     return Response(encode(RequestCheck()), media_type="application/json")

@@ -23,7 +23,9 @@ def test_a_valid_body_passes_and_nothing_is_generated() -> None:
 
 def test_errors_are_the_chat_routes_own() -> None:
     with TestClient(make_app()) as client:
-        for payload in (body(tools=BAD_SCHEMA), body(temperature=7), body(model="nope"), {"model": 1}):
+        # Reasoning fields too: both a level in 'reasoning' and a different 'reasoning_effort' is a 400.
+        conflicting = body(reasoning={"effort": "high"}, reasoning_effort="low")
+        for payload in (body(tools=BAD_SCHEMA), body(temperature=7), body(model="nope"), {"model": 1}, conflicting):
             checked, chat = client.post(CHECK, json=payload), client.post("/v1/chat/completions", json=payload)
             assert checked.status_code == chat.status_code >= 400
             assert checked.json()["error"] == chat.json()["error"]
