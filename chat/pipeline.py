@@ -49,7 +49,7 @@ class ServedModel:
         self.token_texts = TokenTexts(self.renderer.tokenizer)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     request_id: str
     created: int
@@ -117,8 +117,21 @@ async def checked_stages(req: ChatCompletionRequest, settings: Settings, served:
     return tools, decide(req, served.reasoning, settings)
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent a request and what watches it: facts of the route that the plan carries to the engine."""
+
+    tenant: str | None = None  # the key's digest: the engine shares its batch fairly between keys
+    session_key: str | None = None  # a routing hint (SGLang): the same session, the same worker and cache
+    observers: list[RunObserver] = field(default_factory=list)  # metrics, the key's usage meter
+    on_finish: Callable[[Reply], Awaitable[None]] | None = None  # stores a session's turn
+
+
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
-                       model_id: str, checker: GrammarChecker, session: SessionTurn | None = None) -> Plan:
+                       model_id: str, checker: GrammarChecker, session: SessionTurn | None = None,
+                       origin: Origin | None = None) -> Plan:
+    """The request as the engine and the response stages need it; the plan does not change afterwards."""
+    origin = origin or Origin()
     renderer = served.renderer
     info = served.engine.model_info
     tools, reasoning = await checked_stages(req, settings, served, checker)
@@ -199,13 +212,15 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     engine_request = EngineRequest(
         request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1, images=images,
         constraint=tools.constraint, thinking=reasoning.budget(max_new) if reasoning else None,
-        logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0)
+        logprobs=confidence, top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
+        session_key=origin.session_key, tenant=origin.tenant)
     if reasoning is not None and not reasoning.section:
         reasoning = None  # thinking is off and the prompt says so: the output is all answer
     return Plan(request_id=request_id, created=int(time.time()), model=model_id,
                 engine_request=engine_request, stops=stops, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning)
+                logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning,
+                on_finish=origin.on_finish, observers=list(origin.observers))
 
 
 def continue_session(renderer: PromptRenderer, session: SessionTurn, text: str,

@@ -128,21 +128,20 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
                    scope: RequestScope, tenant: str) -> Response[bytes] | Stream:
     lease = scope.lease
     turn = merge(lease.transcript, req.messages) if lease is not None else None
-    plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker, session=turn)
-    plan.observers = [state.metrics.observer(), scope.permit]
-    plan.engine_request.tenant = tenant  # the engine shares its batch fairly between keys
-    REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
-    headers = {"X-Request-ID": plan.request_id}
+    origin = pipeline.Origin(tenant=tenant, observers=[state.metrics.observer(), scope.permit])
     if lease is not None and turn is not None:
-        headers[HEADER] = lease.session_id
-        # A routing hint for engines that spread requests over workers (SGLang): the same session, the same cache.
-        plan.engine_request.session_key = engine_key(lease.owner, lease.session_id)
-
         async def store(reply: pipeline.Reply) -> None:
             await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, turn,
                                                reply.message, reply.token_ids, reply.usage))
 
-        plan.on_finish = store
+        origin = pipeline.Origin(tenant=tenant, observers=origin.observers,
+                                 session_key=engine_key(lease.owner, lease.session_id), on_finish=store)
+    plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker, session=turn,
+                                       origin=origin)
+    REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
+    headers = {"X-Request-ID": plan.request_id}
+    if lease is not None:
+        headers[HEADER] = lease.session_id
     if plan.stream:
         try:  # admission errors (queue full) still get a real HTTP status
             chunks = responses.stream(plan, served)
