@@ -64,7 +64,9 @@ class Group:
 
 
 @dataclass(eq=False, slots=True)
-class Choice:
+class Sequence:
+    """One choice of a group being decoded: its KV cache, sampler, detokenizer and grammar."""
+
     group: Group
     index: int
     cache: KVCache
@@ -120,8 +122,8 @@ def _end_token(logits: torch.Tensor, sampling: Any) -> int | None:
     return stops[int(torch.argmax(ending))]
 
 
-def _tenant(item: Choice | Group) -> str | None:
-    return (item.group if isinstance(item, Choice) else item).req.tenant
+def _tenant(item: Sequence | Group) -> str | None:
+    return (item.group if isinstance(item, Sequence) else item).req.tenant
 
 
 def use_one_torch_thread() -> None:
@@ -151,8 +153,8 @@ class Scheduler:
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run in this thread
         self._waiting: deque[Group] = deque()
         self._prefilling: deque[Group] = deque()
-        self._running: list[Choice] = []
-        self._paused: deque[Choice] = deque()  # taken out of the batch for another tenant; resumed first
+        self._running: list[Sequence] = []
+        self._paused: deque[Sequence] = deque()  # taken out of the batch for another tenant; resumed first
         self._thread = threading.Thread(target=self._run, name="lodestar-scheduler", daemon=True)
         self._threads_set = threading.Event()
         self._stopping = False
@@ -248,14 +250,14 @@ class Scheduler:
         for group in self._prefilling:
             active[group.req.tenant] += group.req.n
         while self._paused or self._waiting:
-            candidates: list[Choice | Group] = [*self._paused, *self._waiting]
+            candidates: list[Sequence | Group] = [*self._paused, *self._waiting]
             item = min(candidates,
-                       key=lambda i: (active[_tenant(i)], (i.group if isinstance(i, Choice) else i).enqueued_at))
-            tenant, need = _tenant(item), 1 if isinstance(item, Choice) else item.req.n
+                       key=lambda i: (active[_tenant(i)], (i.group if isinstance(i, Sequence) else i).enqueued_at))
+            tenant, need = _tenant(item), 1 if isinstance(item, Sequence) else item.req.n
             if sum(active.values()) + need > self.config.max_batch_size and not self._make_room(active, tenant, need):
                 return
             active[tenant] += need
-            if isinstance(item, Choice):
+            if isinstance(item, Sequence):
                 self._paused.remove(item)
                 self._running.append(item)
                 continue
@@ -268,7 +270,7 @@ class Scheduler:
     def _make_room(self, active: Counter[str | None], tenant: str | None, need: int) -> bool:
         """Pause the newest choices of tenants holding at least two slots more than `tenant` until `need`
         slots are free (all or nothing); at most max_batch_size choices stay paused (their KV caches are kept)."""
-        counts, running, paused = Counter(active), list(self._running), list[Choice]()
+        counts, running, paused = Counter(active), list(self._running), list[Sequence]()
         while sum(counts.values()) + need > self.config.max_batch_size:
             victims = [c for c in running if counts[c.group.req.tenant] >= counts[tenant] + 2]
             if not victims or len(self._paused) + len(paused) >= self.config.max_batch_size:
@@ -353,7 +355,7 @@ class Scheduler:
             cache = group.cache if index == req.n - 1 else group.cache.fork()
             sampler = ChoiceSampler(req.sampling, None if seed is None else seed + index,
                                     self.decoder.vocab_size, req.logprobs, req.top_logprobs)
-            choice = Choice(group, index, cache, sampler, IncrementalDetokenizer(self.tokenizer))
+            choice = Sequence(group, index, cache, sampler, IncrementalDetokenizer(self.tokenizer))
             if req.constraint is not None:
                 if self.grammars is None:
                     raise ValueError("this engine has no grammar support")
@@ -392,7 +394,7 @@ class Scheduler:
                 choice.group.emit(EngineError(f"sampling failed: {exc}"))
         self._running = [c for c in still if not c.group.aborted]
 
-    def _advance(self, choice: Choice, token: int, logprob: TokenLogprob | None) -> bool:
+    def _advance(self, choice: Sequence, token: int, logprob: TokenLogprob | None) -> bool:
         """Record a sampled token and emit it; return whether the choice keeps decoding."""
         group = choice.group
         req = group.req

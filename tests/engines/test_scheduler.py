@@ -393,7 +393,7 @@ def test_one_requests_failures_leave_the_others_running(fp32: LoadedModel, decod
     from engines.embedded import scheduler
 
     good, bad_prefill, bad_sampling = chat_ids(LONG_QUESTION), chat_ids("Count to five."), chat_ids(QUESTION)
-    real_prefill, real_pick = Decoder.prefill, scheduler.Choice.pick
+    real_prefill, real_pick = Decoder.prefill, scheduler.Sequence.pick
     marker = next(t for t in bad_prefill if t not in good and t not in bad_sampling)  # only that prompt has it
 
     def prefill(self: Decoder, cache: Any, token_ids: list[int], **kw: Any) -> torch.Tensor:
@@ -407,7 +407,7 @@ def test_one_requests_failures_leave_the_others_running(fp32: LoadedModel, decod
         return real_pick(self, logits)
 
     monkeypatch.setattr(Decoder, "prefill", prefill)
-    monkeypatch.setattr(scheduler.Choice, "pick", pick)
+    monkeypatch.setattr(scheduler.Sequence, "pick", pick)
 
     async def outcome(stream: AsyncIterator[EngineEvent]) -> list[int] | str:
         try:
