@@ -157,56 +157,17 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         info.image_token_id is None and not truncated else []
 
     def render() -> list[int]:
-        if reasoning is None and not history:
-            return renderer.render(messages, tools.template_tools) if tools.template_tools else \
-                renderer.render(messages)
-        options = reasoning.template_options if reasoning else {}
-        text = renderer.render_text(messages, tools.template_tools, options)
-        if reasoning is not None:
-            text = reasoning.finish_prompt(text)
-        if history:
-            assert session is not None
-            ids = continue_session(renderer, session, text, tools.template_tools, options)
-            if ids is not None:
-                return ids
-        return renderer.tokenize(text)
+        return _render(renderer, messages, tools.template_tools, reasoning, session if history else None)
 
     size = sum(len(m.content) if isinstance(m.content, str) else 1 for m in messages)
     prompt_ids = await asyncio.to_thread(render) if size > _INLINE_RENDER_CHARS or tools.template_tools or \
         history else render()
     if info.image_token_id is not None:
         prompt_ids = expand_placeholders(prompt_ids, info.image_token_id, images)
-    context = info.context_length
-    requested = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
-    room = context - len(prompt_ids)
-    if room < 1 or (req.max_completion_tokens or req.max_tokens or 0) > room:
-        asked = f" and {requested} in the completion" if requested else ""
-        raise APIError(400, f"This model's maximum context length is {context} tokens. However, your "
-                       f"messages resulted in {len(prompt_ids)} tokens{asked}. Please reduce the length "
-                       "of the messages or of the completion.", param="messages",
-                       code="context_length_exceeded")
-    max_new = min(requested, room) if requested else room
-    if settings.max_tokens_limit:
-        max_new = min(max_new, settings.max_tokens_limit)
-    top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+    max_new = _completion_budget(req, settings, info.context_length, len(prompt_ids))
     stops = req.stop_strings()
-    sampling = SamplingParams(
-        max_new_tokens=max_new,
-        temperature=settings.default_temperature if req.temperature is None else req.temperature,
-        top_p=settings.default_top_p if req.top_p is None else req.top_p,
-        top_k=top_k,
-        min_p=req.min_p or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        presence_penalty=req.presence_penalty or 0.0,
-        seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
-        stop_token_ids=() if req.ignore_eos else renderer.stop_token_ids,
-        ignore_eos=bool(req.ignore_eos),
-        stop=tuple(stops) if reasoning is None or not reasoning.section else (),
-        logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size),  # validated already
-        # after a complete tool call, a reply the model would as soon end does end (docs/tools.md)
-        end_after_ids=(tools.close_token,) if tools.close_token is not None and tools.constraint else (),
-        end_probability=settings.tool_call_end_probability,
-    )
+    sampling = _sampling(req, settings, served, tools, max_new,
+                         stops=tuple(stops) if reasoning is None or not reasoning.section else ())
     confidence = settings.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     engine_request = EngineRequest(
@@ -221,6 +182,59 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
                 logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning,
                 on_finish=origin.on_finish, observers=list(origin.observers))
+
+
+def _render(renderer: PromptRenderer, messages: list[Message], tools: list[dict[str, Any]] | None,
+            reasoning: ReasoningMode | None, session: SessionTurn | None) -> list[int]:
+    """The prompt's token ids: the chat template, the reasoning opening, and with `session` (exact
+    continuation) the stored token ids plus only the new messages' tokens."""
+    if reasoning is None and session is None:
+        return renderer.render(messages, tools) if tools else renderer.render(messages)
+    options = reasoning.template_options if reasoning else {}
+    text = renderer.render_text(messages, tools, options)
+    if reasoning is not None:
+        text = reasoning.finish_prompt(text)
+    if session is not None:
+        ids = continue_session(renderer, session, text, tools, options)
+        if ids is not None:
+            return ids
+    return renderer.tokenize(text)
+
+
+def _completion_budget(req: ChatCompletionRequest, settings: Settings, context: int, prompt_tokens: int) -> int:
+    """max_new_tokens: what the request asks (or the default), within the context and max_tokens_limit."""
+    requested = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
+    room = context - prompt_tokens
+    if room < 1 or (req.max_completion_tokens or req.max_tokens or 0) > room:
+        asked = f" and {requested} in the completion" if requested else ""
+        raise APIError(400, f"This model's maximum context length is {context} tokens. However, your "
+                       f"messages resulted in {prompt_tokens} tokens{asked}. Please reduce the length "
+                       "of the messages or of the completion.", param="messages",
+                       code="context_length_exceeded")
+    max_new = min(requested, room) if requested else room
+    return min(max_new, settings.max_tokens_limit) if settings.max_tokens_limit else max_new
+
+
+def _sampling(req: ChatCompletionRequest, settings: Settings, served: ServedModel, tools: ToolPlan,
+              max_new: int, *, stops: tuple[str, ...]) -> SamplingParams:
+    """The request's sampling parameters, the settings' defaults where it is silent."""
+    return SamplingParams(
+        max_new_tokens=max_new,
+        temperature=settings.default_temperature if req.temperature is None else req.temperature,
+        top_p=settings.default_top_p if req.top_p is None else req.top_p,
+        top_k=req.top_k if req.top_k and req.top_k > 0 else 0,
+        min_p=req.min_p or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        seed=None if req.seed is None else req.seed & 0x7FFF_FFFF_FFFF_FFFF,
+        stop_token_ids=() if req.ignore_eos else served.renderer.stop_token_ids,
+        ignore_eos=bool(req.ignore_eos),
+        stop=stops,
+        logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, served.engine.model_info.vocab_size),
+        # after a complete tool call, a reply the model would as soon end does end (docs/tools.md)
+        end_after_ids=(tools.close_token,) if tools.close_token is not None and tools.constraint else (),
+        end_probability=settings.tool_call_end_probability,
+    )
 
 
 def continue_session(renderer: PromptRenderer, session: SessionTurn, text: str,
