@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from core.errors import APIError, clip
-from core.protocol import encode
+from core.replies import encode
 
 log = logging.getLogger("lodestar.errors")
 

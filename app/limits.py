@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from core.errors import APIError
-from core.protocol import Usage
+from core.replies import Usage
 
 WINDOW_S = 60.0
 

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from litestar import Litestar
@@ -106,8 +106,8 @@ async def _flush_usage_forever(limits: KeyLimiter, usage: UsageStore) -> None:
                 limits.restore_changed(changed)
 
 
-def create_app(settings: Settings, model: ModelSource) -> Litestar:
-    """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
+def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down: usage totals restored and flushed, the model loaded, everything closed."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -143,6 +143,11 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             state.heap.stop()
             state.grammar_checker.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings, model: ModelSource) -> Litestar:
+    """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
     state = State({"settings": settings, "key_store": KeyStore(settings.api_keys),
                    "admin_key_store": KeyStore(settings.admin_keys), "served": None, "load_error": None,
                    "sessions": session_manager(settings),
@@ -163,7 +168,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             Exception: handle_unexpected,
         },
         middleware=[request_id_middleware, metrics_middleware],
-        lifespan=[lifespan],
+        lifespan=[_lifespan(settings, model)],
         state=state,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,  # app/openapi.py serves the document

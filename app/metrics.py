@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core.protocol import Usage
+from core.replies import Usage
 from tools import calls as tool_calls
 
 # Engine figures that only grow are exposed as counters, the rest (queue depth, batch size, bytes) as gauges.

@@ -17,7 +17,8 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.resources import Health, KeyUsageList, Ready, RequestCheck, Session, SessionDeleted
-from core.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
+from core.protocol import ChatCompletionRequest
+from core.replies import ChatCompletion, ChatCompletionChunk, ErrorResponse, ModelList
 from core.settings import Settings
 
 JSON = "application/json"

@@ -10,7 +10,7 @@ from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 
 from core.errors import APIError
-from core.protocol import ChatCompletionChunk, encode
+from core.replies import ChatCompletionChunk, encode
 from engines.base import EngineError
 
 log = logging.getLogger("lodestar.streaming")

@@ -7,9 +7,8 @@ is still sending, often before it has read the response. LodestarHTTP is that pr
 deadline (header_timeout_s: 408), a header size limit (max_header_bytes: 431), a Content-Length over
 max_body_bytes refused before the body is read (413; a chunked body that grows too large gets Litestar's
 413), a deadline for the whole body (body_timeout_s: 408), our keepalive_timeout_s for uvicorn's idle timer,
-and a lingering close, like nginx's, whenever the client may still be sending: the response, then the write
-side shut down, and what comes in is read and dropped until the client closes, is quiet for LINGER_QUIET_S,
-or LINGER_S has passed. Refusals are OpenAI-shaped JSON errors with `Connection: close`.
+and a lingering close (app/linger.py) whenever the client may still be sending. Refusals are OpenAI-shaped
+JSON errors with `Connection: close`.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from app.linger import LingeringClose
 from core.errors import APIError
-from core.protocol import encode
+from core.replies import encode
 from core.settings import Settings
 
 log = logging.getLogger("lodestar.transport")
 
-LINGER_S = 10.0  # the longest a lingering close reads and discards (nginx: lingering_time, 30 s)
-LINGER_QUIET_S = 2.0  # ... ending sooner once the client has sent nothing this long (lingering_timeout, 5 s)
 RECHECK_S = 1.0  # a body deadline that passes while the server itself holds the body back is checked again
 
 
@@ -55,7 +53,7 @@ class _Transport:
         self._protocol._close()
 
     def is_closing(self) -> bool:
-        return self._protocol._lingering or self._transport.is_closing()
+        return self._protocol._lingering.active or self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -77,26 +75,24 @@ class LodestarHTTP(HttpToolsProtocol):
         self._pending: _Refusal | None = None  # a refusal that waits for the responses before it
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
-        self._linger_timer: asyncio.TimerHandle | None = None
-        self._lingering = False
-        self._linger_end = self._last_read = 0.0
+        self._lingering: LingeringClose = None  # type: ignore[assignment]  # set with the transport
 
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
+        self._lingering = LingeringClose(self.loop, transport)
         super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
+        self._lingering.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            self._last_read = self.loop.time()
+        if self._lingering.active:
+            self._lingering.received()
             return
         if self._pending is not None:
             return  # the connection ends with the refusal: nothing after it is parsed
@@ -272,7 +268,7 @@ class LodestarHTTP(HttpToolsProtocol):
     def _close(self) -> None:
         """uvicorn closes the connection (Connection: close, a response before the body, a bad request, the
         keep-alive timer, ...). If part of a request may still be on its way, linger."""
-        if self._lingering or self._raw.is_closing():
+        if self._lingering.active or self._raw.is_closing():
             return
         if self._phase == "idle":
             self._raw.close()
@@ -280,26 +276,9 @@ class LodestarHTTP(HttpToolsProtocol):
             self._linger()
 
     def _linger(self) -> None:
-        self._lingering = True
         self._cancel_timers()
         self._unset_keepalive_if_required()
-        if self._raw.is_closing() or not self._raw.can_write_eof():
-            self._raw.close()
-            return
-        now = self.loop.time()
-        self._linger_end, self._last_read = now + LINGER_S, now
-        self._raw.write_eof()  # FIN once the response is out; reading goes on (data_received drops it)
-        self._raw.resume_reading()
-        self._linger_timer = self.loop.call_later(LINGER_QUIET_S, self._linger_check)
-
-    def _linger_check(self) -> None:
-        due = min(self._linger_end, self._last_read + LINGER_QUIET_S)
-        now = self.loop.time()
-        if now >= due:
-            self._linger_timer = None
-            self._raw.close()
-        else:
-            self._linger_timer = self.loop.call_later(due - now, self._linger_check)
+        self._lingering.begin()
 
     # The client's FIN while lingering: uvicorn's eof_received returns None, so the transport closes itself.
 

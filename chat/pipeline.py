@@ -19,11 +19,8 @@ from chat.tokens import TokenTexts
 from chat.truncate import truncate
 from chat.validation import logit_bias
 from core.errors import APIError
-from core.protocol import (
-    ChatCompletionRequest,
-    Message,
-    Usage,
-)
+from core.protocol import ChatCompletionRequest, Message
+from core.replies import Usage
 from core.settings import Settings
 from engines.base import Engine, EngineError, EngineRequest, SamplingParams
 from multimodal.loader import ImageLoader

@@ -15,7 +15,8 @@ from chat.pipeline import Plan, Reply, ServedModel
 from chat.reasoning import ReasoningSplitter
 from chat.reasoning_calls import generate_with_budget
 from chat.sessions import reply_message
-from core.protocol import (
+from core.protocol import FunctionCall, ToolCall
+from core.replies import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -23,12 +24,10 @@ from core.protocol import (
     ChunkChoice,
     CompletionTokensDetails,
     Delta,
-    FunctionCall,
     FunctionCallDelta,
     PromptTokensDetails,
     ResponseMessage,
     TokenLogprobOut,
-    ToolCall,
     ToolCallDelta,
     TopLogprob,
     Usage,

@@ -123,6 +123,11 @@ def _check_size(content: object, i: int, settings: Settings) -> None:
 
 
 def validate_request(req: ChatCompletionRequest, settings: Settings, info: ModelInfo) -> None:
+    _check_messages(req, settings, info)
+    _check_sampling(req, settings, info)
+
+
+def _check_messages(req: ChatCompletionRequest, settings: Settings, info: ModelInfo) -> None:
     if not req.messages:
         raise invalid("'messages' must contain at least one message", "messages", "empty_array")
     if len(req.messages) > settings.max_messages:
@@ -159,6 +164,8 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
             if not message.tool_call_id:
                 raise invalid(f"'messages[{i}].tool_call_id' must not be empty", f"messages[{i}].tool_call_id")
 
+
+def _check_sampling(req: ChatCompletionRequest, settings: Settings, info: ModelInfo) -> None:
     _range(req.temperature, "temperature", 0, 2)
     _range(req.top_p, "top_p", 0, 1, low_open=True)
     _range(req.min_p, "min_p", 0, 1)

@@ -8,7 +8,7 @@ import re
 
 import msgspec
 
-from core.protocol import ErrorBody, ErrorResponse
+from core.replies import ErrorBody, ErrorResponse
 
 _TYPES = {
     400: "invalid_request_error",

@@ -13,7 +13,7 @@ from core.settings import Settings
 from engines.base import Constraint
 from tools import grammar as grammars
 from tools.calls import ToolCallParser
-from tools.checker import GrammarChecker
+from tools.checker import Deadline, GrammarChecker
 from tools.schema import EMPTY_OBJECT, NAME, SchemaLimits, check_grammar, check_schema, check_size
 
 
@@ -62,28 +62,9 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
                       "too_many_tools")
     if not tools and choice not in (None, "none", "auto"):
         raise invalid("'tool_choice' requires 'tools'", "tool_choice")
-    limits = SchemaLimits(settings.max_schema_bytes, settings.max_schema_depth, settings.max_optional_properties)
-    schemas: dict[str, dict[str, Any]] = {}
-    all_schemas: list[tuple[str, Any]] = []
-    for i, tool in enumerate(tools):
-        name = tool.function.name
-        if not NAME.fullmatch(name):
-            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {clip(name)!r}",
-                          f"tools[{i}].function.name", "invalid_tool_name")
-        if name in schemas:
-            raise invalid(f"'tools[{i}].function.name': the name {name!r} is used by more than one tool",
-                          f"tools[{i}].function.name", "duplicate_tool_name")
-        params = tool.function.parameters if tool.function.parameters is not None else EMPTY_OBJECT
-        schemas[name] = params
-        all_schemas.append((f"tools[{i}].function.parameters", params))
+    schemas = _tool_schemas(req)
     response_schema = _response_schema(req)
-    if response_schema is not None:
-        all_schemas.append(("response_format.json_schema.schema", response_schema))
-    check_size(all_schemas, limits)
-    deadline = checker.deadline(cancelled)  # one budget for all of the request's schemas
-    for param, schema in all_schemas:
-        check_schema(schema, param, object_root=param.startswith("tools"), checker=checker, deadline=deadline)
-
+    deadline = _check_schemas(schemas, response_schema, settings, checker, cancelled)
     if isinstance(choice, NamedToolChoice) and choice.function.name not in schemas:
         raise invalid(f"'tool_choice' names the function {clip(choice.function.name)!r}, which is not among the tools",
                       "tool_choice.function.name", "unknown_tool")
@@ -99,18 +80,59 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
             "parameters": schemas[t.function.name]}} for t in tools]
         plan.markers = (markers.open, markers.close)
         plan.close_token = markers.close_token
+    _constrain(plan, req, settings, response_schema, markers if offered else None,
+               model_hides_tools=model_hides_tools)
+    if plan.constraint is not None:
+        check_grammar(plan.constraint.grammar, "tools" if offered else "response_format", checker, deadline)
+    return plan
+
+
+def _tool_schemas(req: ChatCompletionRequest) -> dict[str, dict[str, Any]]:
+    """name -> arguments schema, with each name checked and unique."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(req.tools or []):
+        name = tool.function.name
+        if not NAME.fullmatch(name):
+            raise invalid(f"'tools[{i}].function.name' must match ^[a-zA-Z0-9_-]{{1,64}}$, got {clip(name)!r}",
+                          f"tools[{i}].function.name", "invalid_tool_name")
+        if name in schemas:
+            raise invalid(f"'tools[{i}].function.name': the name {name!r} is used by more than one tool",
+                          f"tools[{i}].function.name", "duplicate_tool_name")
+        schemas[name] = tool.function.parameters if tool.function.parameters is not None else EMPTY_OBJECT
+    return schemas
+
+
+def _check_schemas(schemas: dict[str, dict[str, Any]], response_schema: dict[str, Any] | None, settings: Settings,
+                   checker: GrammarChecker, cancelled: threading.Event | None) -> Deadline:
+    """Size, then each schema, within one time budget for the whole request; returns its deadline."""
+    limits = SchemaLimits(settings.max_schema_bytes, settings.max_schema_depth, settings.max_optional_properties)
+    all_schemas: list[tuple[str, Any]] = [(f"tools[{i}].function.parameters", params)
+                                          for i, params in enumerate(schemas.values())]
+    if response_schema is not None:
+        all_schemas.append(("response_format.json_schema.schema", response_schema))
+    check_size(all_schemas, limits)
+    deadline = checker.deadline(cancelled)
+    for param, schema in all_schemas:
+        check_schema(schema, param, object_root=param.startswith("tools"), checker=checker, deadline=deadline)
+    return deadline
+
+
+def _constrain(plan: ToolPlan, req: ChatCompletionRequest, settings: Settings,
+               response_schema: dict[str, Any] | None, markers: grammars.CallMarkers | None, *,
+               model_hides_tools: bool) -> None:
+    """The grammar for the reply; `markers` is None when no tools are offered."""
+    choice = req.tool_choice
     parallel = req.parallel_tool_calls is not False
-    allowed = list(schemas.items())
+    allowed = list(plan.schemas.items())
     if isinstance(choice, NamedToolChoice):
-        allowed = [(choice.function.name, schemas[choice.function.name])]
-    required = offered and (choice == "required" or isinstance(choice, NamedToolChoice))
-    if required:  # the whole reply is tool calls (response_format shapes content, and there is none)
-        assert markers is not None
+        allowed = [(choice.function.name, plan.schemas[choice.function.name])]
+    if markers is not None and (choice == "required" or isinstance(choice, NamedToolChoice)):
+        # the whole reply is tool calls (response_format shapes content, and there is none)
         plan.constraint = grammars.constraint(grammars.tool_calls_grammar(allowed, markers, parallel=parallel))
     elif response_schema is not None:  # JSON content, or (tools offered) calls instead
         plan.constraint = grammars.constraint(grammars.json_or_calls_grammar(
-            response_schema, allowed if offered else None, markers, parallel=parallel))
-    elif offered and markers is not None and markers.open_token is not None:
+            response_schema, allowed if markers is not None else None, markers, parallel=parallel))
+    elif markers is not None and markers.open_token is not None:
         # auto: the model may answer in text; any call it makes is constrained.
         # A reply to tool results calls only with the markers (docs/tools.md#answering-a-tool-result).
         bare = settings.bare_calls_after_tool_results or not _answers_tool_results(req)
@@ -123,11 +145,8 @@ def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, ch
             # The grammar still takes calls (with the markers), but the prompt shows the result, not the
             # tools: the default model then answers from it (docs/tools.md#answering-a-tool-result).
             plan.template_tools = None
-    elif tools and choice == "none" and _answers_tool_results(req) and not settings.bare_calls_after_tool_results:
+    elif req.tools and choice == "none" and _answers_tool_results(req) and not settings.bare_calls_after_tool_results:
         plan.constraint = grammars.constraint(grammars.answer_grammar())
-    if plan.constraint is not None:
-        check_grammar(plan.constraint.grammar, "tools" if offered else "response_format", checker, deadline)
-    return plan
 
 
 def _answers_tool_results(req: ChatCompletionRequest) -> bool:

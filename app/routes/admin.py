@@ -7,7 +7,7 @@ from litestar.datastructures import State
 
 from app.auth import key_hint
 from app.resources import KeyUsage, KeyUsageList
-from core.protocol import encode
+from core.replies import encode
 from sessions.manager import owner_of
 
 

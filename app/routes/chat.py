@@ -21,7 +21,8 @@ from chat.pipeline import ServedModel
 from chat.sessions import merge, next_transcript
 from chat.validation import resolve_model, validate_request
 from core.errors import APIError, clip, from_decode_error
-from core.protocol import ChatCompletionRequest, encode, request_decoder
+from core.protocol import ChatCompletionRequest, request_decoder
+from core.replies import encode
 from engines.base import EngineError
 from sessions.manager import HEADER, Lease, check_session_id, engine_key, owner_of
 

@@ -7,7 +7,7 @@ from litestar.datastructures import State
 
 from app.resources import Health, Ready
 from app.routes.served import served_model
-from core.protocol import encode
+from core.replies import encode
 
 
 @get("/health", opt={"public": True})

@@ -6,7 +6,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 
 from app.routes.served import served_model
-from core.protocol import ModelCard, ModelList, encode
+from core.replies import ModelCard, ModelList, encode
 
 
 @get("/v1/models")

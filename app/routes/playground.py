@@ -23,7 +23,7 @@ from app.routes.chat import json_body
 from app.routes.served import served_model
 from chat.pipeline import checked_stages
 from chat.validation import resolve_model, validate_request
-from core.protocol import encode
+from core.replies import encode
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "playground"
 INDEX = "index.html"

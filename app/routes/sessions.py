@@ -9,7 +9,7 @@ from litestar.params import FromPath
 from app.auth import bearer_token
 from app.resources import Session, SessionDeleted
 from core.errors import APIError
-from core.protocol import encode
+from core.replies import encode
 from sessions.manager import check_session_id, owner_of
 from sessions.store import Transcript
 

@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 
 from app.limits import KeyLimiter
 from core.errors import APIError
-from core.protocol import CompletionTokensDetails, PromptTokensDetails, Usage
+from core.replies import CompletionTokensDetails, PromptTokensDetails, Usage
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, make_app
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import msgspec
 
 from chat.sessions import SessionTurn, continue_prompt, merge, message_key, next_transcript, reply_message
-from core.protocol import CompletionTokensDetails, Message, PromptTokensDetails, Usage
+from core.protocol import Message
+from core.replies import CompletionTokensDetails, PromptTokensDetails, Usage
 from sessions.store import Transcript
 
 
