@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 
 from core.errors import APIError
+from sessions.manager import owner_of
 
 
 def _digest(key: str) -> bytes:
@@ -30,6 +34,20 @@ class KeyStore:
         for known in self._digests:  # no early exit: timing does not reveal which key matched
             found |= hmac.compare_digest(digest, known)
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Whom a request counts against, derived once from its Bearer token (caller_of)."""
+
+    tenant: str  # whose limits and usage: the key's digest; without configured keys, the one anonymous key
+    owner: str  # whose sessions: the token's digest, keys or not (another token never reaches them)
+
+
+def caller_of(request: Request, state: State) -> Caller:
+    bearer = bearer_token(request.headers.get("authorization"))
+    # Without configured keys every client is one anonymous key for the limits (see app/limits.py).
+    return Caller(tenant=owner_of(bearer if state.key_store.enabled else None), owner=owner_of(bearer))
 
 
 def key_hint(key: str) -> str:

@@ -7,7 +7,6 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,8 +58,6 @@ class Plan:
     confidence: bool
     tools: ToolPlan = field(default_factory=ToolPlan)
     reasoning: ReasoningMode | None = None  # set when the output starts inside a reasoning section
-    # Called once the response is complete or the stream ends (sessions store the turn here).
-    on_finish: Callable[[Reply], Awaitable[None]] | None = None
     observers: list[RunObserver] = field(default_factory=list)  # token timings and final usage (metrics, limits)
 
 
@@ -121,7 +118,6 @@ class Origin:
     tenant: str | None = None  # the key's digest: the engine shares its batch fairly between keys
     session_key: str | None = None  # a routing hint (SGLang): the same session, the same worker and cache
     observers: list[RunObserver] = field(default_factory=list)  # metrics, the key's usage meter
-    on_finish: Callable[[Reply], Awaitable[None]] | None = None  # stores a session's turn
 
 
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
@@ -178,7 +174,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
                 engine_request=engine_request, stops=stops, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
                 logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning,
-                on_finish=origin.on_finish, observers=list(origin.observers))
+                observers=list(origin.observers))
 
 
 def _render(renderer: PromptRenderer, messages: list[Message], tools: list[dict[str, Any]] | None,

@@ -8,8 +8,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-
 from chat.output import ChoiceDelta, ChoiceStream
 from chat.pipeline import Plan, Reply, ServedModel
 from chat.reasoning import ReasoningSplitter
@@ -68,7 +66,6 @@ class Run:
                                      plan.tools.parser())
                         for i in range(plan.engine_request.n)]
         self.first_ids: list[int] = []  # choice 0's tokens, for sessions
-        self.finished = False
         self.prompt_tokens = len(plan.engine_request.prompt_ids)
         self.cached_tokens = 0
         self.started = time.perf_counter()
@@ -132,18 +129,21 @@ class Run:
             return out.text.full_text, calls
         return "".join(p for p in out.pieces if isinstance(p, str)) or (None if calls else ""), calls
 
-    async def finish(self) -> None:
-        """Hand choice 0's reply to the plan's on_finish, once."""
+    @property
+    def done(self) -> bool:
+        """Every choice has finished: the reply is final (its last chunks may still be on their way)."""
+        return all(out.finished for out in self.outputs)
+
+    def reply(self) -> Reply | None:
+        """Choice 0 as far as the client received it, for a session's transcript; None before its first token."""
         first = self.outputs[0]
-        if self.plan.on_finish is None or not first.generated or self.finished:
-            return
-        self.finished = True
+        if not first.generated:
+            return None
         content, calls = self.answer(first)
         splitter = first.splitter
         message = reply_message(content, splitter.text if splitter else None,
                                 [(c.id, c.name, c.arguments) for c in calls])
-        await self.plan.on_finish(Reply(message, [*self.plan.engine_request.prompt_ids, *self.first_ids],
-                                        self.usage()))
+        return Reply(message, [*self.plan.engine_request.prompt_ids, *self.first_ids], self.usage())
 
     def reasoning_content(self, out: ChoiceOutput) -> str | None:
         splitter = out.splitter
@@ -183,11 +183,10 @@ class Run:
             for e in entries])
 
 
-async def complete(plan: Plan, served: ServedModel) -> ChatCompletion:
-    run = Run(plan, served)
+async def complete(run: Run) -> ChatCompletion:
+    plan, served = run.plan, run.served
     async for out, event in run.events():
         run.process(out, event)
-    await run.finish()
     choices = []
     for out in run.outputs:
         content, calls = run.answer(out)
@@ -207,12 +206,8 @@ def _finish_reason(reason: str | None, calls: list[ParsedCall]) -> str | None:
     return "tool_calls" if calls and reason == "stop" else reason
 
 
-def stream(plan: Plan, served: ServedModel) -> AsyncGenerator[ChatCompletionChunk, None]:
-    """Admit the request now (raising EngineError if refused); return its chunks as they come."""
-    return _chunks(Run(plan, served))
-
-
-async def _chunks(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
+async def stream(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
+    """The run's chunks as they come. From the first chunk yielded while `run.done`, the reply is final."""
     plan, served = run.plan, run.served
 
     def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
@@ -224,12 +219,8 @@ async def _chunks(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
 
     yield chunk([ChunkChoice(index=out.index, delta=Delta(role="assistant", content=""))
                  for out in run.outputs])
-    try:
-        async for chunk_out in _event_chunks(run, chunk):
-            yield chunk_out
-    finally:  # also when the client went away: what was sent is stored, even while being cancelled
-        with anyio.CancelScope(shield=True):
-            await run.finish()
+    async for chunk_out in _event_chunks(run, chunk):
+        yield chunk_out
     if plan.include_usage:
         yield chunk([], usage=run.usage())
 
@@ -258,8 +249,6 @@ async def _event_chunks(run: Run, chunk: Callable[..., ChatCompletionChunk]) -> 
             extra: dict[str, Any] = {"confidence_score": run.confidence_score()} if last else {}
             if last and not run.plan.include_usage:  # else the usage chunk that follows carries it, alone
                 extra["usage"] = run.usage()
-            if last:  # stored before the client sees the end, so a reply it got is never missing
-                await run.finish()
             calls = parser.calls if parser is not None else []
             yield chunk([ChunkChoice(index=out.index, delta=Delta(),
                                      finish_reason=_finish_reason(delta.finish_reason, calls))], **extra)

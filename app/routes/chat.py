@@ -11,20 +11,20 @@ from litestar import Request, Response, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
-from app.auth import bearer_token
+from app.auth import Caller, caller_of
 from app.limits import Permit
 from app.logs import REQUEST_ID
 from app.routes.served import served_model
 from app.streaming import GuardedStream, sse_stream
 from chat import pipeline, responses
 from chat.pipeline import ServedModel
-from chat.sessions import merge, next_transcript
+from chat.sessions import SessionTurn, merge, next_transcript
 from chat.validation import resolve_model, validate_request
 from core.errors import APIError, clip, from_decode_error
 from core.protocol import ChatCompletionRequest, request_decoder
 from core.replies import encode
 from engines.base import EngineError
-from sessions.manager import HEADER, Lease, check_session_id, engine_key, owner_of
+from sessions.manager import HEADER, Lease, check_session_id, engine_key
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/v3/inference/chat/completions"]
 
@@ -79,15 +79,12 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
     served = served_model(state)
     model_id = resolve_model(req.model, served.engine.model_info)
     validate_request(req, state.settings, served.engine.model_info)
-    bearer = bearer_token(request.headers.get("authorization"))
     session_id = request.headers.get(HEADER)
     if session_id is not None:
         check_session_id(session_id)
-    # Without configured keys every client is one anonymous key (see app/limits.py).
-    tenant = owner_of(bearer if state.key_store.enabled else None)
-    scope = await RequestScope.enter(state, tenant, owner_of(bearer), session_id)
+    scope = await RequestScope.enter(state, caller_of(request, state), session_id, req)
     try:
-        response = await _respond(req, state, served, model_id, scope, tenant)
+        response = await _respond(req, state, served, model_id, scope)
     except BaseException:
         scope.release()
         raise
@@ -98,23 +95,41 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
 
 class RequestScope:
     """What one chat request holds while it runs: its key's permit (the per-key limits) and, with
-    X-Session-ID, its session's lease (one request per session). Acquired together; released together,
-    once, by whichever comes first: the response's end, the stream's end or a failure."""
+    X-Session-ID, its session's lease (one request per session) and the turn it adds. Acquired together;
+    the turn stored once; released together, once, by whichever comes first: the response's end, the
+    stream's end or a failure."""
 
-    __slots__ = ("permit", "lease", "_released")
+    __slots__ = ("caller", "permit", "lease", "turn", "_stored", "_released")
 
-    def __init__(self, permit: Permit, lease: Lease | None) -> None:
-        self.permit, self.lease, self._released = permit, lease, False
+    def __init__(self, caller: Caller, permit: Permit, lease: Lease | None, turn: SessionTurn | None) -> None:
+        self.caller, self.permit, self.lease, self.turn = caller, permit, lease, turn
+        self._stored = self._released = False
 
     @classmethod
-    async def enter(cls, state: State, tenant: str, owner: str, session_id: str | None) -> RequestScope:
-        permit = state.limits.admit(tenant)  # 429 here when the key is over a limit
+    async def enter(cls, state: State, caller: Caller, session_id: str | None,
+                    req: ChatCompletionRequest) -> RequestScope:
+        permit = state.limits.admit(caller.tenant)  # 429 here when the key is over a limit
         try:
-            lease = await state.sessions.acquire(owner, session_id) if session_id is not None else None
+            lease = await state.sessions.acquire(caller.owner, session_id) if session_id is not None else None
         except BaseException:
             permit.release()
             raise
-        return cls(permit, lease)
+        return cls(caller, permit, lease, merge(lease.transcript, req.messages) if lease is not None else None)
+
+    @property
+    def session_key(self) -> str | None:
+        return engine_key(self.lease.owner, self.lease.session_id) if self.lease is not None else None
+
+    async def store(self, run: responses.Run) -> None:
+        """The session stage: the turn and the reply the client received go into the session, once."""
+        if self._stored or self.lease is None or self.turn is None:
+            return
+        self._stored = True
+        reply = run.reply()
+        if reply is not None:
+            lease = self.lease
+            await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, self.turn,
+                                               reply.message, reply.token_ids, reply.usage))
 
     def release(self) -> None:
         if self._released:
@@ -126,45 +141,44 @@ class RequestScope:
 
 
 async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
-                   scope: RequestScope, tenant: str) -> Response[bytes] | Stream:
-    lease = scope.lease
-    turn = merge(lease.transcript, req.messages) if lease is not None else None
-    origin = pipeline.Origin(tenant=tenant, observers=[state.metrics.observer(), scope.permit])
-    if lease is not None and turn is not None:
-        async def store(reply: pipeline.Reply) -> None:
-            await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, turn,
-                                               reply.message, reply.token_ids, reply.usage))
-
-        origin = pipeline.Origin(tenant=tenant, observers=origin.observers,
-                                 session_key=engine_key(lease.owner, lease.session_id), on_finish=store)
-    plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker, session=turn,
-                                       origin=origin)
+                   scope: RequestScope) -> Response[bytes] | Stream:
+    origin = pipeline.Origin(tenant=scope.caller.tenant, session_key=scope.session_key,
+                             observers=[state.metrics.observer(), scope.permit])
+    plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker,
+                                       session=scope.turn, origin=origin)
     REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
     headers = {"X-Request-ID": plan.request_id}
-    if lease is not None:
-        headers[HEADER] = lease.session_id
+    if scope.lease is not None:
+        headers[HEADER] = scope.lease.session_id
+    try:  # admission errors (queue full) still get a real HTTP status
+        run = responses.Run(plan, served)
+    except EngineError as exc:
+        raise exc.as_api_error() from None
     if plan.stream:
-        try:  # admission errors (queue full) still get a real HTTP status
-            chunks = responses.stream(plan, served)
-        except EngineError as exc:
-            raise exc.as_api_error() from None
-        return GuardedStream(sse_stream(_releasing(chunks, scope), plan.request_id), on_end=scope.release,
+        return GuardedStream(sse_stream(_stored_and_released(run, scope), plan.request_id), on_end=scope.release,
                              media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        completion = await responses.complete(plan, served)
+        completion = await responses.complete(run)
     except EngineError as exc:
         raise exc.as_api_error() from None
+    await scope.store(run)
     return Response(encode(completion), media_type="application/json", headers=headers)
 
 
-async def _releasing(chunks: AsyncGenerator[Any, None], scope: RequestScope) -> AsyncGenerator[Any, None]:
-    """The stream's chunks; the scope is released once they have ended, before [DONE] goes out (a client
-    that sends its session's next turn on [DONE] finds the session free)."""
+async def _stored_and_released(run: responses.Run, scope: RequestScope) -> AsyncGenerator[Any, None]:
+    """The run's chunks. The turn is stored before the client sees the end (a reply it got is never missing
+    from its session), or, if the stream ends early, with what was sent; the scope is released once the
+    chunks have ended, before [DONE] goes out (a client that sends its session's next turn on [DONE] finds
+    the session free)."""
+    chunks = responses.stream(run)
     try:
         async for chunk in chunks:
+            if run.done:
+                await scope.store(run)
             yield chunk
-    finally:  # a client that went away cancels the stream: close it shielded, then release
+    finally:  # a client that went away cancels the stream: close it and store shielded, then release
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
+            await scope.store(run)
         scope.release()

@@ -6,16 +6,12 @@ from litestar import Request, Response, delete, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from app.auth import bearer_token
+from app.auth import caller_of
 from app.resources import Session, SessionDeleted
 from core.errors import APIError
 from core.replies import encode
-from sessions.manager import check_session_id, owner_of
+from sessions.manager import check_session_id
 from sessions.store import Transcript
-
-
-def _owner(request: Request) -> str:
-    return owner_of(bearer_token(request.headers.get("authorization")))
 
 
 def _not_found(session_id: str) -> APIError:
@@ -32,7 +28,7 @@ def session_body(t: Transcript) -> Session:
 @get("/v1/sessions/{session_id:str}")
 async def get_session(session_id: FromPath[str], request: Request, state: State) -> Response[bytes]:
     check_session_id(session_id)
-    transcript = await state.sessions.load(_owner(request), session_id)
+    transcript = await state.sessions.load(caller_of(request, state).owner, session_id)
     if transcript is None:
         raise _not_found(session_id)
     return Response(encode(session_body(transcript)), media_type="application/json")
@@ -41,7 +37,7 @@ async def get_session(session_id: FromPath[str], request: Request, state: State)
 @delete("/v1/sessions/{session_id:str}", status_code=200)
 async def delete_session(session_id: FromPath[str], request: Request, state: State) -> Response[bytes]:
     check_session_id(session_id)
-    lease = await state.sessions.acquire(_owner(request), session_id)  # not while a turn is running
+    lease = await state.sessions.acquire(caller_of(request, state).owner, session_id)  # not while a turn is running
     try:
         if lease.transcript is None or not await state.sessions.delete(lease.owner, session_id):
             raise _not_found(session_id)

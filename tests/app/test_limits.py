@@ -162,7 +162,9 @@ def test_request_scope_releases_its_permit_and_lease_once_and_never_leaks() -> N
     import asyncio
     from types import SimpleNamespace
 
+    from app.auth import Caller
     from app.routes.chat import RequestScope
+    from core.protocol import request_decoder
 
     limiter = KeyLimiter(max_concurrent=1, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
     released: list[str] = []
@@ -171,12 +173,14 @@ def test_request_scope_releases_its_permit_and_lease_once_and_never_leaks() -> N
         async def acquire(self, owner: str, session_id: str) -> object:
             if session_id == "busy":
                 raise APIError(409, "busy", code="session_busy")
-            return SimpleNamespace(release=lambda: released.append(session_id))
+            return SimpleNamespace(release=lambda: released.append(session_id), transcript=None)
 
     state = SimpleNamespace(limits=limiter, sessions=Sessions())
+    caller = Caller(tenant="a", owner="a")
+    req = request_decoder.decode(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
     with pytest.raises(APIError):
-        asyncio.run(RequestScope.enter(state, "a", "a", "busy"))
-    scope = asyncio.run(RequestScope.enter(state, "a", "a", "s1"))  # the failed one left the slot free
+        asyncio.run(RequestScope.enter(state, caller, "busy", req))
+    scope = asyncio.run(RequestScope.enter(state, caller, "s1", req))  # the failed one left the slot free
     assert refused(limiter, "a").code == "concurrency_limit_exceeded"
     scope.release()
     scope.release()
