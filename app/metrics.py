@@ -23,7 +23,7 @@ from core.replies import Usage
 from tools import calls as tool_calls
 
 # Engine figures that only grow are exposed as counters, the rest (queue depth, batch size, bytes) as gauges.
-_ENGINE_COUNTERS = re.compile(r"(compiled|reused|lookups|hits|misses|tokens|_ms)$")
+_ENGINE_COUNTERS = re.compile(r"(compiled|reused|lookups|hits|misses|tokens|steps|_ms)$")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 

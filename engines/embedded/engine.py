@@ -14,7 +14,8 @@ from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import LoadedModel
 from engines.embedded.prefix_cache import PrefixCache
-from engines.embedded.scheduler import Group, Scheduler, SchedulerConfig
+from engines.embedded.scheduler import Scheduler, SchedulerConfig
+from engines.embedded.sequence import Group
 from engines.embedded.vision import QwenVision
 
 
@@ -53,7 +54,7 @@ class EmbeddedEngine:
 
     def stats(self) -> dict[str, int]:
         figures = {"running": self._scheduler.batch_size, "waiting": self._scheduler.waiting_count(),
-                   "requests": len(self._groups)}
+                   "requests": len(self._groups), "decode_steps": self._scheduler.decode_steps}
         if self.vision is not None:
             figures.update(self.vision.stats())
         figures.update(self.grammars.stats())

@@ -1,9 +1,13 @@
 """The embedded engine's prefix cache: a radix tree over token keys whose edges hold the KV of their tokens.
 
-Every request looks up its prompt; the longest cached prefix is copied into its own KV cache and only the
-rest is prefilled. Prompts are added once prefilled, and each choice's reply when it ends, so the next turn
-of a conversation (prompt + reply + new message) finds everything but the new message. Shared by all
-requests; bounded in bytes; least recently used leaves are evicted first. Lives in the scheduler thread.
+Every request matches its prompt against the tree (`match` -> a `Match` handle), copies the longest cached
+prefix into its own KV cache (`load`: a sequence's KV is one contiguous tensor, so a hit is one copy) and
+prefills only the rest. The matched path stays locked (`lock`/`unlock`) while the request prefills, so
+that other requests' inserts cannot evict it before the prompt is added in turn. Prompts are added once
+prefilled, and each choice's reply when it ends, so the next turn of a conversation (prompt + reply + new
+message) finds everything but the new message. Shared by all requests; bounded in bytes: `evict(size)`
+frees unlocked leaves, least recently used first (a session's last), through one heap per call. Lives in
+the scheduler thread.
 
 Keys are token ids, except that image tokens are keyed by their image's digest and row: two prompts share
 a cached prefix only if they have the same images there.
@@ -11,6 +15,7 @@ a cached prefix only if they have the same images there.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +36,24 @@ class _Node:
     children: dict[int, _Node] = field(default_factory=dict)  # by first key
     used: int = 0  # logical clock of the last use
     session: str | None = None  # the session whose conversation last stored this edge: evicted last
+    locks: int = 0  # matches holding this node or a node below it: not evictable while > 0
 
     def nbytes(self) -> int:
         return 0 if self.k is None or self.v is None else self.k.nbytes + self.v.nbytes
+
+
+@dataclass(eq=False, slots=True)
+class Match:
+    """A cached prefix of a prompt: `length` tokens along `parts` (each node and how many of its keys)."""
+
+    length: int
+    parts: list[tuple[_Node, int]]
+    locked: bool = False
+
+    @property
+    def node(self) -> _Node | None:
+        """The deepest node the prefix reaches into (None: nothing matched)."""
+        return self.parts[-1][0] if self.parts else None
 
 
 class PrefixCache:
@@ -50,11 +70,11 @@ class PrefixCache:
     def enabled(self) -> bool:
         return self.budget > 0
 
-    def lookup(self, keys: Sequence[int], cache: KVCache, limit: int) -> int:
-        """Copy the KV of the longest cached prefix of `keys` (at most `limit` tokens) into the empty
-        `cache`; return its length."""
+    def match(self, keys: Sequence[int], limit: int) -> Match:
+        """The longest cached prefix of `keys`, at most `limit` tokens; the nodes it reads count as used.
+        Load it (if at all) before the next insert, which may split its nodes."""
         if not self.enabled:
-            return 0
+            return Match(0, [])
         self.lookups += 1
         limit = min(limit, len(keys))
         parts: list[tuple[_Node, int]] = []
@@ -70,19 +90,40 @@ class PrefixCache:
             if common < len(child.keys):
                 break
             node = child
-        if not at:
+        if at:
+            self.hits += 1
+            self.reused_tokens += at
+        return Match(at, parts)
+
+    def load(self, match: Match, cache: KVCache) -> int:
+        """Copy the match's KV into the empty `cache`; return its length."""
+        if not match.length:
             return 0
-        cache.reserve(at)
+        cache.reserve(match.length)
         start = 0
-        for child, count in parts:
-            assert child.k is not None and child.v is not None
-            cache.k[:, :, start : start + count] = child.k[:, :, :count]
-            cache.v[:, :, start : start + count] = child.v[:, :, :count]
+        for node, count in match.parts:
+            assert node.k is not None and node.v is not None
+            cache.k[:, :, start : start + count] = node.k[:, :, :count]
+            cache.v[:, :, start : start + count] = node.v[:, :, :count]
             start += count
-        cache.length = at
-        self.hits += 1
-        self.reused_tokens += at
-        return at
+        cache.length = match.length
+        return match.length
+
+    def lock(self, match: Match) -> None:
+        """Keep the matched path (the node and its ancestors) from eviction until unlock()."""
+        if match.node is not None and not match.locked:
+            match.locked = True
+            self._add_lock(match.node, 1)
+
+    def unlock(self, match: Match) -> None:
+        if match.node is not None and match.locked:
+            match.locked = False
+            self._add_lock(match.node, -1)
+
+    def _add_lock(self, node: _Node | None, delta: int) -> None:
+        while node is not None and node is not self.root:
+            node.locks += delta
+            node = node.parent
 
     def insert(self, keys: Sequence[int], cache: KVCache, session: str | None = None) -> None:
         """Remember the KV of `keys[:cache.length]` (only the part not cached yet is copied). A session's
@@ -105,7 +146,8 @@ class PrefixCache:
             child.used = now
             child.session = session or child.session
             node, at = child, at + common
-        self._evict()
+        if self.bytes > self.budget:
+            self.evict(self.bytes - self.budget)
 
     def forget_session(self, session: str) -> None:
         """The session is gone: its prefixes compete like any others."""
@@ -115,26 +157,41 @@ class PrefixCache:
 
     def _split(self, node: _Node, at: int) -> _Node:
         """Cut `node`'s edge after `at` keys; return the new upper part (copies, so evicting either half
-        frees its memory)."""
+        frees its memory). The upper part holds every lock of the lower one: it is on the same paths."""
         assert node.parent is not None and node.k is not None and node.v is not None
         upper = _Node(node.keys[:at], node.k[:, :, :at].clone(), node.v[:, :, :at].clone(), node.parent,
-                      used=node.used, session=node.session)
+                      used=node.used, session=node.session, locks=node.locks)
         node.parent.children[node.keys[0]] = upper
         node.keys, node.k, node.v = node.keys[at:], node.k[:, :, at:].clone(), node.v[:, :, at:].clone()
         node.parent = upper
         upper.children[node.keys[0]] = node
         return upper
 
-    def _evict(self) -> None:
-        while self.bytes > self.budget:
-            leaves = [n for n in self._nodes() if not n.children and n is not self.root]
-            if not leaves:
-                return
-            victim = min(leaves, key=lambda n: (n.session is not None, n.used))
-            assert victim.parent is not None
-            del victim.parent.children[victim.keys[0]]
+    def evict(self, size: int) -> int:
+        """Free at least `size` bytes if the unlocked leaves hold them: least recently used first, a
+        session's leaves last, a parent once its last child is gone. Returns the bytes freed."""
+        order = itertools.count()  # ties (and nodes, which do not compare) broken by discovery order
+
+        def entry(n: _Node) -> tuple[bool, int, int, _Node]:
+            return (n.session is not None, n.used, next(order), n)
+
+        heap = [entry(n) for n in self._nodes() if self._evictable(n)]
+        heapq.heapify(heap)
+        freed = 0
+        while freed < size and heap:
+            victim = heapq.heappop(heap)[3]
+            parent = victim.parent
+            assert parent is not None
+            del parent.children[victim.keys[0]]
+            freed += victim.nbytes()
             self.bytes -= victim.nbytes()
             self.evicted_tokens += len(victim.keys)
+            if self._evictable(parent):
+                heapq.heappush(heap, entry(parent))
+        return freed
+
+    def _evictable(self, node: _Node) -> bool:
+        return node is not self.root and not node.children and not node.locks
 
     def _nodes(self) -> list[_Node]:
         out, stack = [], [self.root]
@@ -143,9 +200,6 @@ class PrefixCache:
             out.append(node)
             stack.extend(node.children.values())
         return out
-
-    def tokens(self) -> int:
-        return sum(len(n.keys) for n in self._nodes())
 
     def stats(self) -> dict[str, int]:
         return {"prefix_cache_bytes": self.bytes, "prefix_cache_lookups": self.lookups,

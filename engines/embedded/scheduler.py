@@ -1,11 +1,10 @@
-"""The embedded engine's scheduler: one thread that owns the model and every KV cache.
+"""The embedded engine's scheduler: one thread that owns the model and every KV cache, and runs the steps
+that its BatchPolicy (policy.py) decides.
 
-Each loop iteration admits waiting requests, runs at most one prefill chunk (so a long prompt does not
-stall everyone's decode for long), then one batched decode step over every running choice. Requests join
-and leave the batch between steps (continuous batching). Admission is fair across tenants (API keys): the
-tenant with the fewest choices in the batch goes first, and when the batch is full, a tenant holding at least
-two slots more than a waiting one has its newest choice paused (its KV cache kept) to make room. Results go
-back to the event loop through a callback per request; an exception in one request ends that request only.
+Each loop iteration takes new requests, lets the policy expire, drop and admit, gives each admitted group a
+KV cache (with its cached prefix), then runs the step: at most one prefill chunk and one batched decode step
+over every running choice. Requests join and leave the batch between steps (continuous batching). Results
+go back to the event loop through a callback per request; an exception in one request ends that request only.
 """
 
 from __future__ import annotations
@@ -15,25 +14,24 @@ import os
 import queue
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from engines.base import EngineError, EngineEvent, EngineRequest, FinishReason, TokenLogprob
+from engines.base import EngineError, EngineEvent, FinishReason, TokenLogprob
 from engines.detokenizer import IncrementalDetokenizer
-from engines.embedded.decoder import Decoder, KVCache
-from engines.embedded.grammar import GrammarCompiler, GrammarState
+from engines.embedded.decoder import Decoder
+from engines.embedded.grammar import GrammarCompiler
+from engines.embedded.policy import BatchPolicy, Prefill
 from engines.embedded.prefix_cache import PrefixCache, image_keys
 from engines.embedded.sampler import ChoiceSampler
+from engines.embedded.sequence import Group, Sequence
 from engines.embedded.vision import QwenVision
 from engines.thinking import ThinkingTracker
 
 log = logging.getLogger("lodestar.scheduler")
-
-Emit = Callable[[EngineEvent | BaseException], None]
 
 
 @dataclass(slots=True)
@@ -42,88 +40,6 @@ class SchedulerConfig:
     prefill_chunk: int = 256  # prompt tokens per prefill step
     queue_timeout_s: float = 60.0
     threads: int = 0  # torch threads for the forward passes; 0: one per core
-
-
-@dataclass(eq=False, slots=True)
-class Group:
-    """One engine request: its prompt cache while prefilling, then its n choices."""
-
-    req: EngineRequest
-    emit: Emit
-    enqueued_at: float
-    admitted_at: float = 0.0  # when it left the queue for a batch slot
-    cache: KVCache | None = None
-    prefilled: int = 0
-    cached: int = 0  # prompt tokens taken from the prefix cache
-    keys: list[int] = field(default_factory=list)  # the prompt's prefix-cache keys
-    aborted: bool = False
-    # Vision prompts: M-RoPE positions of the whole prompt, image-token embeddings and how many are used.
-    positions: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    image_rows_used: int = 0
-
-
-@dataclass(eq=False, slots=True)
-class Sequence:
-    """One choice of a group being decoded: its KV cache, sampler, detokenizer and grammar."""
-
-    group: Group
-    index: int
-    cache: KVCache
-    sampler: ChoiceSampler
-    detok: IncrementalDetokenizer
-    grammar: GrammarState | None = None
-    thinking: ThinkingTracker | None = None
-    forced: deque[int] = field(default_factory=deque)  # inserted tokens still to feed (a reasoning close)
-    last_forced: bool = False
-    last_token: int = 0
-    generated: int = 0
-
-    def pick(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
-        """The next token: an inserted one if any is due, else sampled (under the grammar, once the
-        reasoning section, if any, is closed)."""
-        thinking = self.thinking
-        if thinking is not None and thinking.must_close():
-            self.forced.extend(thinking.budget.close_ids)
-        if self.forced:
-            self.last_forced = True
-            return self.forced.popleft(), None
-        self.last_forced = False
-        stops = self.group.req.sampling.stop_token_ids
-        if stops and (self.generated < self.group.req.sampling.min_new_tokens or
-                      (thinking is not None and thinking.answer_due)):
-            logits = logits.clone()  # the row may be shared by a request's choices
-            logits[list(stops)] = float("-inf")
-        grammar = self.grammar if thinking is None or thinking.answering else None
-        if grammar is not None:
-            grammar.restrict(logits)
-        sampling = self.group.req.sampling
-        ending = _end_token(logits, sampling) if self.last_token in sampling.end_after_ids else None
-        token, logprob = self.sampler.sample(logits) if ending is None else self.sampler.take(logits, ending)
-        if grammar is not None:
-            grammar.advance(token)
-        if thinking is not None and token in stops and thinking.close_on_stop():
-            # The turn would end inside the reasoning: close the reasoning instead, an answer follows.
-            self.forced.extend(thinking.budget.close_ids)
-            self.last_forced = True
-            return self.forced.popleft(), None
-        return token, logprob
-
-
-def _end_token(logits: torch.Tensor, sampling: Any) -> int | None:
-    """The likeliest stop token, when the stop tokens together hold at least end_probability (after a
-    tool call: see SamplingParams.end_after_ids)."""
-    stops = list(sampling.stop_token_ids)
-    if not stops or sampling.end_probability <= 0:
-        return None
-    ending = torch.softmax(logits, dim=-1)[stops]
-    if float(ending.sum()) < sampling.end_probability:
-        return None
-    return stops[int(torch.argmax(ending))]
-
-
-def _tenant(item: Sequence | Group) -> str | None:
-    return (item.group if isinstance(item, Sequence) else item).req.tenant
 
 
 def use_one_torch_thread() -> None:
@@ -149,16 +65,13 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.config = config
+        self.policy = BatchPolicy(config.max_batch_size, config.prefill_chunk, config.queue_timeout_s)
         self._inbox: queue.SimpleQueue[Group | None] = queue.SimpleQueue()
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run in this thread
-        self._waiting: deque[Group] = deque()
-        self._prefilling: deque[Group] = deque()
-        self._running: list[Sequence] = []
-        self._paused: deque[Sequence] = deque()  # taken out of the batch for another tenant; resumed first
         self._thread = threading.Thread(target=self._run, name="lodestar-scheduler", daemon=True)
         self._threads_set = threading.Event()
         self._stopping = False
-        self.steps = 0
+        self.decode_steps = 0
 
     # -- called from the event loop -------------------------------------------------------------
     def start(self) -> None:
@@ -180,11 +93,11 @@ class Scheduler:
         self._calls.put(fn)
 
     def waiting_count(self) -> int:
-        return len(self._waiting) + self._inbox.qsize()
+        return len(self.policy.waiting) + self._inbox.qsize()
 
     @property
     def batch_size(self) -> int:
-        return len(self._running)
+        return len(self.policy.running)
 
     # -- the scheduler thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -201,17 +114,24 @@ class Scheduler:
                     log.exception("scheduler iteration failed")
 
     def _iterate(self) -> None:
-        idle = not (self._waiting or self._prefilling or self._running or self._paused)
-        self._take_inbox(block=idle)
+        policy = self.policy
+        self._take_inbox(block=policy.idle)
         while not self._calls.empty():
             self._calls.get_nowait()()
-        self._drop_aborted()
-        self._expire_waiting()
-        self._admit()
-        if self._prefilling:
-            self._prefill_step(self._prefilling[0])
-        if self._running:
-            self._decode_step()
+        for group in policy.drop_aborted():
+            self._release_prefix(group)
+        now = time.monotonic()
+        for group in policy.expired(now):
+            group.emit(EngineError(
+                f"the request waited longer than the queue timeout ({self.config.queue_timeout_s:g} s)",
+                status=503, code="queue_timeout", retry_after=1.0))
+        for group in policy.admit(now):
+            group.cache = self.decoder.new_cache(len(group.req.prompt_ids) + 64)
+            self._reuse_prefix(group)
+        step = policy.schedule()
+        started = self._prefill(step.prefill) if step.prefill is not None else []
+        if step.decode or started:  # choices whose prompt is done decode their second token at once
+            self._decode([*step.decode, *started])
 
     def _take_inbox(self, block: bool) -> None:
         try:
@@ -220,110 +140,59 @@ class Scheduler:
             return
         while True:
             if item is not None:
-                self._waiting.append(item)
+                self.policy.add(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
 
-    def _drop_aborted(self) -> None:
-        if any(g.aborted for g in self._waiting):
-            self._waiting = deque(g for g in self._waiting if not g.aborted)
-        if any(g.aborted for g in self._prefilling):
-            self._prefilling = deque(g for g in self._prefilling if not g.aborted)
-        if any(c.group.aborted for c in self._running):
-            self._running = [c for c in self._running if not c.group.aborted]
-        if any(c.group.aborted for c in self._paused):
-            self._paused = deque(c for c in self._paused if not c.group.aborted)
-
-    def _expire_waiting(self) -> None:
-        deadline = time.monotonic() - self.config.queue_timeout_s
-        while self._waiting and self._waiting[0].enqueued_at < deadline:
-            group = self._waiting.popleft()
-            group.emit(EngineError(
-                f"the request waited longer than the queue timeout ({self.config.queue_timeout_s:g} s)",
-                status=503, code="queue_timeout", retry_after=1.0))
-
-    def _admit(self) -> None:
-        """Fill the batch: the tenant with the fewest choices in it first, oldest first within a tenant."""
-        active: Counter[str | None] = Counter(c.group.req.tenant for c in self._running)
-        for group in self._prefilling:
-            active[group.req.tenant] += group.req.n
-        while self._paused or self._waiting:
-            candidates: list[Sequence | Group] = [*self._paused, *self._waiting]
-            item = min(candidates,
-                       key=lambda i: (active[_tenant(i)], (i.group if isinstance(i, Sequence) else i).enqueued_at))
-            tenant, need = _tenant(item), 1 if isinstance(item, Sequence) else item.req.n
-            if sum(active.values()) + need > self.config.max_batch_size and not self._make_room(active, tenant, need):
-                return
-            active[tenant] += need
-            if isinstance(item, Sequence):
-                self._paused.remove(item)
-                self._running.append(item)
-                continue
-            self._waiting.remove(item)
-            item.admitted_at = time.monotonic()
-            item.cache = self.decoder.new_cache(len(item.req.prompt_ids) + 64)
-            self._reuse_prefix(item)
-            self._prefilling.append(item)
-
-    def _make_room(self, active: Counter[str | None], tenant: str | None, need: int) -> bool:
-        """Pause the newest choices of tenants holding at least two slots more than `tenant` until `need`
-        slots are free (all or nothing); at most max_batch_size choices stay paused (their KV caches are kept)."""
-        counts, running, paused = Counter(active), list(self._running), list[Sequence]()
-        while sum(counts.values()) + need > self.config.max_batch_size:
-            victims = [c for c in running if counts[c.group.req.tenant] >= counts[tenant] + 2]
-            if not victims or len(self._paused) + len(paused) >= self.config.max_batch_size:
-                return False
-            victim = max(victims, key=lambda c: (counts[c.group.req.tenant], c.group.admitted_at))
-            running.remove(victim)
-            paused.append(victim)
-            counts[victim.group.req.tenant] -= 1
-        self._running = running
-        self._paused.extend(paused)
-        active.clear()
-        active.update(counts)
-        return True
-
     def _reuse_prefix(self, group: Group) -> None:
         """Start the group's cache with the longest cached prefix of its prompt (never the whole prompt: the
-        last prompt token is computed to get the first logits)."""
+        last prompt token is computed to get the first logits), locked until the prompt is in the cache."""
         if not self.prefix_cache.enabled:
             return
         req = group.req
         assert group.cache is not None
         image_token = self.vision.image_token_id if self.vision is not None else None
         group.keys = image_keys(req.prompt_ids, image_token, [(i.digest, i.num_tokens) for i in req.images])
-        group.cached = group.prefilled = self.prefix_cache.lookup(group.keys, group.cache,
-                                                                 limit=len(req.prompt_ids) - 1)
+        group.prefix = self.prefix_cache.match(group.keys, limit=len(req.prompt_ids) - 1)
+        group.cached = group.prefilled = self.prefix_cache.load(group.prefix, group.cache)
+        self.prefix_cache.lock(group.prefix)
         if group.cached and image_token is not None:
             group.image_rows_used = sum(1 for t in req.prompt_ids[: group.cached] if t == image_token)
 
-    def _prefill_step(self, group: Group) -> None:
-        prompt = group.req.prompt_ids
-        end = min(len(prompt), group.prefilled + self.config.prefill_chunk)
+    def _release_prefix(self, group: Group) -> None:
+        if group.prefix is not None:
+            self.prefix_cache.unlock(group.prefix)
+            group.prefix = None
+
+    def _prefill(self, work: Prefill) -> list[Sequence]:
+        """Run one prefill chunk; after the last, return the group's choices that start decoding."""
+        group = work.group
         try:
             assert group.cache is not None
-            chunk = prompt[group.prefilled : end]
-            extra = self._vision_inputs(group, chunk, end) if group.req.images else {}
+            chunk = group.req.prompt_ids[work.start : work.end]
+            extra = self._vision_inputs(group, chunk, work.end) if group.req.images else {}
             logits = self.decoder.prefill(group.cache, chunk, **extra)
-            group.prefilled = end
-            if end < len(prompt):
-                return
-            self._prefilling.popleft()
+            if not work.last:
+                self.policy.prefilled(group, work.end)
+                return []
             group.positions = group.image_embeds = None
             if group.keys:
                 self.prefix_cache.insert(group.keys, group.cache, group.req.session_key)
-            self._start_choices(group, logits.float())
+            self._release_prefix(group)
+            started = self._start_choices(group, logits.float())
+            self.policy.prefilled(group, work.end, started)
+            return started
         except Exception as exc:
             if isinstance(exc, EngineError):  # the request's own failure (its grammar gave up)
                 log.warning("request %s failed: %s", group.req.request_id, exc)
             else:
                 log.exception("prefill failed for %s", group.req.request_id)
-            if self._prefilling and self._prefilling[0] is group:
-                self._prefilling.popleft()
-            group.aborted = True  # choices already started leave the batch
+            self._release_prefix(group)
+            self.policy.failed(group)
             group.emit(exc if isinstance(exc, EngineError) else EngineError(f"prefill failed: {exc}"))
+            return []
 
     def _vision_inputs(self, group: Group, chunk: list[int], end: int) -> dict[str, Any]:
         """M-RoPE positions and image embeddings for one prefill chunk of a prompt with images."""
@@ -347,10 +216,12 @@ class Scheduler:
             extra["embeds"] = (mask, rows)
         return extra
 
-    def _start_choices(self, group: Group, logits: torch.Tensor) -> None:
+    def _start_choices(self, group: Group, logits: torch.Tensor) -> list[Sequence]:
+        """The group's n choices, each with its first token; those that go on decoding."""
         req = group.req
         seed = req.sampling.seed
         assert group.cache is not None
+        started = []
         for index in range(req.n):
             cache = group.cache if index == req.n - 1 else group.cache.fork()
             sampler = ChoiceSampler(req.sampling, None if seed is None else seed + index,
@@ -364,20 +235,20 @@ class Scheduler:
                 choice.thinking = ThinkingTracker(req.thinking)
             token, logprob = choice.pick(logits if choice.grammar is None else logits.clone())
             if self._advance(choice, token, logprob):
-                self._running.append(choice)
+                started.append(choice)
         group.cache = None
+        return started
 
-    def _decode_step(self) -> None:
-        batch = self._running
+    def _decode(self, batch: list[Sequence]) -> None:
         try:
             logits = self.decoder.decode([c.cache for c in batch], [c.last_token for c in batch]).float()
         except Exception as exc:
             log.exception("decode step failed")
-            self._running = []
+            self.policy.decoded([])
             for group in {c.group for c in batch}:
                 group.emit(EngineError(f"decode failed: {exc}"))
             return
-        self.steps += 1
+        self.decode_steps += 1
         still = []
         for row, choice in enumerate(batch):
             try:
@@ -392,8 +263,7 @@ class Scheduler:
                 log.exception("sampling failed for %s", choice.group.req.request_id)
                 choice.group.aborted = True
                 choice.group.emit(EngineError(f"sampling failed: {exc}"))
-        self._running = [c for c in still if not c.group.aborted]
-
+        self.policy.decoded(still)
     def _advance(self, choice: Sequence, token: int, logprob: TokenLogprob | None) -> bool:
         """Record a sampled token and emit it; return whether the choice keeps decoding."""
         group = choice.group

@@ -56,8 +56,9 @@ def filled(keys: Sequence[int], length: int | None = None) -> KVCache:
 def lookup(pc: PrefixCache, keys: Sequence[int], limit: int | None = None) -> int:
     """Look `keys` up into a fresh cache, check the copied KV and the cache length; return the count."""
     out = empty_cache()
-    got = pc.lookup(keys, out, limit=len(keys) if limit is None else limit)
-    assert out.length == got
+    match = pc.match(keys, limit=len(keys) if limit is None else limit)
+    got = pc.load(match, out)
+    assert out.length == got == match.length
     if got:
         k, v = expected_kv(keys, got)
         assert torch.equal(out.k[:, :, :got], k)
@@ -69,15 +70,25 @@ def insert(pc: PrefixCache, keys: Sequence[int]) -> None:
     pc.insert(keys, filled(keys))
 
 
+def cached_tokens(pc: PrefixCache) -> int:
+    """How many tokens the tree holds (the sum of its edges)."""
+    count, stack = 0, [pc.root]
+    while stack:
+        node = stack.pop()
+        count += len(node.keys)
+        stack.extend(node.children.values())
+    return count
+
+
 # ---------------------------------------------------------------------------------------------- lookup / insert
 
 
 def test_lookup_on_an_empty_cache_returns_zero_and_leaves_it_empty() -> None:
     pc = PrefixCache(HUGE)
     out = empty_cache(4)
-    assert pc.lookup([1, 2, 3], out, limit=3) == 0
+    assert pc.load(pc.match([1, 2, 3], limit=3), out) == 0
     assert out.length == 0
-    assert pc.bytes == 0 and pc.tokens() == 0 and not pc.root.children
+    assert pc.bytes == 0 and cached_tokens(pc) == 0 and not pc.root.children
     assert pc.lookups == 1 and pc.hits == 0 and pc.reused_tokens == 0
 
 
@@ -86,7 +97,7 @@ def test_insert_then_lookup_copies_exactly_the_kv() -> None:
     keys = [5, 6, 7, 8]
     insert(pc, keys)
     assert pc.bytes == len(keys) * TOKEN_BYTES
-    assert pc.tokens() == len(keys)
+    assert cached_tokens(pc) == len(keys)
     assert lookup(pc, keys) == 4
     assert lookup(pc, keys, limit=3) == 3  # the limit is respected
     assert lookup(pc, keys, limit=1) == 1
@@ -102,7 +113,7 @@ def test_lookup_grows_a_small_destination_cache() -> None:
     keys = list(range(10, 30))
     insert(pc, keys)
     out = empty_cache(capacity=2)
-    assert pc.lookup(keys, out, limit=len(keys) - 1) == len(keys) - 1
+    assert pc.load(pc.match(keys, limit=len(keys) - 1), out) == len(keys) - 1
     assert out.capacity >= len(keys) - 1 and out.length == len(keys) - 1
     k, v = expected_kv(keys, len(keys) - 1)
     assert torch.equal(out.k[:, :, : out.length], k) and torch.equal(out.v[:, :, : out.length], v)
@@ -117,7 +128,7 @@ def test_the_cache_keeps_copies() -> None:
     source.k.fill_(float("nan"))
     source.v.fill_(float("nan"))
     out = empty_cache()
-    pc.lookup(keys, out, limit=3)
+    pc.load(pc.match(keys, limit=3), out)
     out.k.fill_(float("nan"))
     out.v.fill_(float("nan"))
     assert lookup(pc, keys) == 3
@@ -130,7 +141,7 @@ def test_a_prompt_diverging_inside_an_edge_splits_it() -> None:
     insert(pc, a)
     insert(pc, b)
     assert pc.bytes == (5 + 3) * TOKEN_BYTES
-    assert pc.tokens() == 8
+    assert cached_tokens(pc) == 8
     (upper,) = pc.root.children.values()
     assert upper.keys == (1, 2, 3)
     assert sorted(child.keys for child in upper.children.values()) == [(4, 5), (9, 9, 9)]
@@ -139,7 +150,7 @@ def test_a_prompt_diverging_inside_an_edge_splits_it() -> None:
     assert lookup(pc, [1, 2, 3, 7]) == 3
     assert lookup(pc, [1, 2, 3, 9, 9, 1]) == 5
     assert lookup(pc, [1, 2, 8]) == 2  # diverging inside the upper edge: a lookup does not split
-    assert pc.tokens() == 8
+    assert cached_tokens(pc) == 8
     # A third branch off the middle of the upper edge.
     c = [1, 7, 7]
     insert(pc, c)
@@ -153,7 +164,7 @@ def test_extending_a_cached_sequence_adds_only_the_new_tokens() -> None:
     before = pc.bytes
     insert(pc, [1, 2, 3, 4, 5, 6])
     assert pc.bytes == before + 3 * TOKEN_BYTES
-    assert pc.tokens() == 6
+    assert cached_tokens(pc) == 6
     assert lookup(pc, [1, 2, 3, 4, 5, 6]) == 6
     assert lookup(pc, [1, 2, 3]) == 3
 
@@ -164,9 +175,9 @@ def test_inserting_twice_or_a_cached_prefix_is_idempotent_in_bytes() -> None:
     insert(pc, keys)
     before = pc.bytes
     insert(pc, keys)
-    assert pc.bytes == before and pc.tokens() == 4
+    assert pc.bytes == before and cached_tokens(pc) == 4
     insert(pc, keys[:2])  # a prefix of a cached edge: splits it, stores nothing new
-    assert pc.bytes == before and pc.tokens() == 4
+    assert pc.bytes == before and cached_tokens(pc) == 4
     assert lookup(pc, keys) == 4 and lookup(pc, keys[:2]) == 2
 
 
@@ -234,12 +245,12 @@ def test_eviction_removes_leaves_then_the_parents_they_leave_bare() -> None:
     pc = PrefixCache(5 * TOKEN_BYTES)
     insert(pc, [1, 2, 3])
     insert(pc, [1, 2, 4])
-    assert pc.tokens() == 4
+    assert cached_tokens(pc) == 4
     insert(pc, [7, 8])  # 6 > 5: the oldest leaf, [3], goes
     assert pc.bytes == 5 * TOKEN_BYTES and pc.evicted_tokens == 1
     assert lookup(pc, [1, 2, 3]) == 2 and lookup(pc, [1, 2, 4]) == 3 and lookup(pc, [7, 8]) == 2
     insert(pc, [9, 9, 9, 9, 9])  # fills the budget alone: everything else goes, [1, 2] once it is a leaf
-    assert pc.bytes == 5 * TOKEN_BYTES and pc.tokens() == 5
+    assert pc.bytes == 5 * TOKEN_BYTES and cached_tokens(pc) == 5
     assert pc.evicted_tokens == 1 + 5
     assert list(pc.root.children) == [9]
     assert lookup(pc, [9, 9, 9, 9, 9]) == 5 and lookup(pc, [1, 2, 4]) == 0 and lookup(pc, [7, 8]) == 0
@@ -252,7 +263,7 @@ def test_bytes_never_exceed_the_budget(budget_tokens: int) -> None:
     for keys in sequences:
         insert(pc, keys)
         assert pc.bytes <= pc.budget
-        assert pc.bytes == pc.tokens() * TOKEN_BYTES
+        assert pc.bytes == cached_tokens(pc) * TOKEN_BYTES
         if len(keys) <= budget_tokens:  # what was just inserted and fits is kept whole
             assert lookup(pc, keys) == len(keys)
     assert pc.evicted_tokens > 0
@@ -261,7 +272,7 @@ def test_bytes_never_exceed_the_budget(budget_tokens: int) -> None:
 def test_a_sequence_larger_than_the_budget_is_not_kept() -> None:
     pc = PrefixCache(3 * TOKEN_BYTES)
     insert(pc, [1, 2, 3, 4, 5])
-    assert pc.bytes == 0 and pc.tokens() == 0 and pc.evicted_tokens == 5
+    assert pc.bytes == 0 and cached_tokens(pc) == 0 and pc.evicted_tokens == 5
     assert lookup(pc, [1, 2, 3, 4, 5]) == 0
 
 
@@ -271,7 +282,7 @@ def test_budget_zero_disables_the_cache() -> None:
     insert(pc, [1, 2, 3])
     assert pc.bytes == 0 and not pc.root.children
     out = empty_cache()
-    assert pc.lookup([1, 2, 3], out, limit=3) == 0
+    assert pc.load(pc.match([1, 2, 3], limit=3), out) == 0
     assert out.length == 0
     assert pc.stats() == {"prefix_cache_bytes": 0, "prefix_cache_lookups": 0, "prefix_cache_hits": 0,
                           "prefix_cache_reused_tokens": 0, "prefix_cache_evicted_tokens": 0}
@@ -394,7 +405,7 @@ def test_random_operations_match_a_model(budget_tokens: int | None,
             assert got == expected
         present = present_prefixes(pc)
         assert all(any(tuple(seq[: len(p)]) == p for seq in inserted) for p in present if p)  # nothing made up
-        assert pc.bytes == pc.tokens() * TOKEN_BYTES == sum(n.nbytes() for n in pc._nodes())
+        assert pc.bytes == cached_tokens(pc) * TOKEN_BYTES == sum(n.nbytes() for n in pc._nodes())
 
 
 def test_session_prefixes_are_evicted_last_until_the_session_is_forgotten() -> None:
@@ -408,3 +419,46 @@ def test_session_prefixes_are_evicted_last_until_the_session_is_forgotten() -> N
     assert lookup(pc, [1, 2, 0]) == 0
     assert lookup(pc, [8, 0]) == 1 and lookup(pc, [9, 0]) == 1
     assert pc.bytes <= 3 * TOKEN_BYTES
+
+
+# ---------------------------------------------------------------------------------------------- match, lock, evict
+
+
+def test_a_locked_match_is_not_evicted_until_unlocked() -> None:
+    """A request's matched prefix stays while it prefills, although it is the least recently used."""
+    pc = PrefixCache(4 * TOKEN_BYTES)
+    insert(pc, [1, 2])
+    match = pc.match([1, 2, 3], limit=3)
+    assert match.length == 2
+    pc.lock(match)
+    insert(pc, [5, 6])
+    insert(pc, [7, 8])  # over budget: [1, 2] is older but locked, so [5, 6] goes
+    assert lookup(pc, [1, 2]) == 2 and lookup(pc, [5, 6]) == 0 and lookup(pc, [7, 8]) == 2
+    pc.unlock(match)
+    pc.unlock(match)  # a second unlock changes nothing
+    insert(pc, [5, 6])  # the least recently used leaf, now [1, 2] (read before [7, 8]), goes
+    assert lookup(pc, [1, 2]) == 0 and lookup(pc, [7, 8]) == 2 and lookup(pc, [5, 6]) == 2
+    assert all(node.locks == 0 for node in pc._nodes())
+
+
+def test_a_split_keeps_the_lock_on_both_halves() -> None:
+    pc = PrefixCache(HUGE)
+    insert(pc, [1, 2, 3, 4])
+    match = pc.match([1, 2, 3, 4], limit=4)
+    pc.lock(match)
+    insert(pc, [1, 2, 9])  # splits the locked edge after [1, 2]
+    assert pc.evict(HUGE) == 1 * TOKEN_BYTES  # only the unlocked [9] can go
+    assert lookup(pc, [1, 2, 3, 4]) == 4
+    pc.unlock(match)
+    assert all(node.locks == 0 for node in pc._nodes())
+    assert pc.evict(HUGE) == 4 * TOKEN_BYTES and pc.bytes == 0 and not pc.root.children
+
+
+def test_evict_frees_at_least_the_size_asked_and_no_more_leaves_than_needed() -> None:
+    pc = PrefixCache(HUGE)
+    for keys in ([1, 2], [3], [4, 5, 6]):
+        insert(pc, keys)
+    assert pc.evict(3 * TOKEN_BYTES) == 3 * TOKEN_BYTES  # [1, 2] then [3], the oldest two
+    assert lookup(pc, [1, 2]) == 0 and lookup(pc, [3]) == 0 and lookup(pc, [4, 5, 6]) == 3
+    assert pc.evict(0) == 0 and pc.bytes == 3 * TOKEN_BYTES
+    assert pc.evict(HUGE) == 3 * TOKEN_BYTES and pc.evicted_tokens == 6

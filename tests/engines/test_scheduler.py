@@ -478,10 +478,10 @@ def test_admission_is_fair_across_tenants(fp32: LoadedModel, decoder: Decoder, c
         await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
         while engine._scheduler.batch_size < 2:  # key A holds the whole batch, four more of its requests wait
             await asyncio.sleep(0.01)
-        submitted_at = engine._scheduler.steps
+        submitted_at = engine.stats()["decode_steps"]
         stream = engine.generate(greedy("b0", "key-b"))
         first = await anext(stream)
-        waited = engine._scheduler.steps - submitted_at
+        waited = engine.stats()["decode_steps"] - submitted_at
         rest = await collect(stream)
         outs = []
         for task, s in zip(started, hogs, strict=True):
@@ -552,7 +552,7 @@ def test_end_after_a_marker_when_ending_is_likely_enough(fp32: LoadedModel, deco
 
 def test_end_token_rule() -> None:
     from engines.base import SamplingParams
-    from engines.embedded.scheduler import _end_token
+    from engines.embedded.sequence import _end_token
 
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     params = SamplingParams(max_new_tokens=4, stop_token_ids=(2, 3), end_probability=0.2)
