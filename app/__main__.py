@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"lodestar: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.server.log_level, settings.server.log_format)
 
     import uvicorn
 
@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn logs through our root handler (log_config=None); our access line carries the request id.
     # http: uvicorn's httptools protocol with timeouts and size limits (app/transport.py); ws="none": there
     # are no websocket routes, so an Upgrade request is not handed to a protocol those bounds do not cover.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                access_log=False, timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
-                http=protocol_class(settings), ws="none")
+    server = settings.server
+    uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level, log_config=None,
+                access_log=False, timeout_graceful_shutdown=math.ceil(server.shutdown_grace_s),
+                http=protocol_class(settings.connections), ws="none")
     return 0
 
 

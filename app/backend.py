@@ -18,29 +18,24 @@ log = logging.getLogger("lodestar.backend")
 
 def build_served_model(settings: Settings) -> ServedModel:
     """Load weights and start the engine (blocking: run it off the event loop)."""
-    if settings.engine == "sglang":
+    if settings.backend.engine == "sglang":
         from app.sglang_backend import build_sglang_model
 
         return build_sglang_model(settings)
     from engines.embedded.engine import EmbeddedEngine
     from engines.embedded.loader import load_model
-    from engines.embedded.scheduler import SchedulerConfig, use_one_torch_thread
+    from engines.embedded.scheduler import use_one_torch_thread
 
     use_one_torch_thread()  # only the scheduler's thread computes in parallel
-    loaded = load_model(settings.model, settings.data_path(), quantize=settings.quantize)
+    loaded = load_model(settings.backend.model, settings.data_path(), quantize=settings.backend.quantize)
     family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
     renderer = PromptRenderer(loaded.tokenizer, family, vision=loaded.vision)
-    engine = EmbeddedEngine(
-        loaded, max_queue=settings.max_queue, context_length=settings.context_length,
-        vision_cache_entries=settings.vision_cache_entries, grammar_cache_entries=settings.grammar_cache_entries,
-        prefix_cache_bytes=settings.prefix_cache_bytes,
-        config=SchedulerConfig(max_batch_size=settings.max_batch_size, prefill_chunk=settings.prefill_chunk,
-                               queue_timeout_s=settings.queue_timeout_s, threads=settings.threads))
+    engine = EmbeddedEngine(loaded, scheduler=settings.scheduler, context_length=settings.backend.context_length)
     images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None
     fingerprint = "fp_" + hashlib.sha256(
-        f"{loaded.model_id}:{settings.quantize}".encode()).hexdigest()[:10]
+        f"{loaded.model_id}:{settings.backend.quantize}".encode()).hexdigest()[:10]
     log.info("serving %s (family %s, context %d, %s)", loaded.model_id, family.name,
-             engine.model_info.context_length, settings.quantize)
-    reasoning = ReasoningSyntax.for_model(family, loaded.tokenizer, settings.prompted_thinking)
+             engine.model_info.context_length, settings.backend.quantize)
+    reasoning = ReasoningSyntax.for_model(family, loaded.tokenizer, settings.reasoning.prompted_thinking)
     return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images,
                        reasoning=reasoning)

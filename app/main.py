@@ -74,13 +74,13 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
 
 def database_path(settings: Settings) -> Path:
     """The SQLite file of the sessions and of the per-key usage totals."""
-    return Path(settings.sessions_path).expanduser() if settings.sessions_path else \
+    return Path(settings.sessions.path).expanduser() if settings.sessions.path else \
         settings.data_path() / "sessions.sqlite3"
 
 
 def session_manager(settings: Settings) -> SessionManager:
-    return SessionManager(SessionStore(database_path(settings)), idle_timeout_s=settings.session_idle_timeout_s,
-                          busy_timeout_s=settings.session_busy_timeout_s)
+    return SessionManager(SessionStore(database_path(settings)), idle_timeout_s=settings.sessions.idle_timeout_s,
+                          busy_timeout_s=settings.sessions.busy_timeout_s)
 
 
 def forget_in_engine(state: State) -> Callable[[str], None]:
@@ -148,19 +148,19 @@ def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], Ab
 
 def create_app(settings: Settings, model: ModelSource) -> Litestar:
     """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
-    state = State({"settings": settings, "key_store": KeyStore(settings.api_keys),
-                   "admin_key_store": KeyStore(settings.admin_keys), "served": None, "load_error": None,
+    state = State({"settings": settings, "key_store": KeyStore(settings.server.api_keys),
+                   "admin_key_store": KeyStore(settings.server.admin_keys), "served": None, "load_error": None,
                    "sessions": session_manager(settings),
-                   "limits": KeyLimiter(max_concurrent=settings.max_concurrent_per_key,
-                                        requests_per_minute=settings.requests_per_minute,
-                                        tokens_per_minute=settings.tokens_per_minute)})
+                   "limits": KeyLimiter(max_concurrent=settings.limits.max_concurrent_per_key,
+                                        requests_per_minute=settings.limits.requests_per_minute,
+                                        tokens_per_minute=settings.limits.tokens_per_minute)})
     state.sessions.on_forget = forget_in_engine(state)
-    state.heap = HeapTrimmer(settings.heap_trim_interval_s)
+    state.heap = HeapTrimmer(settings.server.heap_trim_interval_s)
     state.grammar_checker = GrammarChecker(GrammarBudget(
-        settings.grammar_budget_s, settings.grammar_memory_bytes, settings.grammar_workers))
+        settings.tools.grammar_budget_s, settings.tools.grammar_memory_bytes, settings.tools.grammar_workers))
     state.metrics = Metrics(state)
     return Litestar(
-        route_handlers=[*ROUTES, *([playground_router()] if settings.playground else [])],
+        route_handlers=[*ROUTES, *([playground_router()] if settings.server.playground else [])],
         guards=[require_api_key],
         exception_handlers={
             APIError: handle_api_error,
@@ -170,7 +170,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         middleware=[request_id_middleware, metrics_middleware],
         lifespan=[_lifespan(settings, model)],
         state=state,
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=settings.connections.max_body_bytes,
         openapi_config=None,  # app/openapi.py serves the document
         logging_config=None,  # app/logs.py configures logging, with request ids
         debug=False,

@@ -80,7 +80,7 @@ def document(settings: Settings, models: list[str] | None = None) -> dict[str, A
          "description": "token id -> bias added to its logit before sampling"}, {"type": "null"}]}
     if models:
         components["ChatCompletionRequest"]["properties"]["model"] = {"type": "string", "enum": models}
-    keys = bool(settings.api_keys)
+    keys = bool(settings.server.api_keys)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, keys, settings)
@@ -114,7 +114,7 @@ def _operation(op: Operation, keys: bool, settings: Settings) -> dict[str, Any]:
                            "parameters": list(op.parameters), "responses": responses}
     if op.request is not None:
         out["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.request)}},
-                              "description": f"At most {settings.max_body_bytes} bytes"}
+                              "description": f"At most {settings.connections.max_body_bytes} bytes"}
     if op.access == "admin" or (op.access == "key" and keys):
         out["security"] = [{"adminKey" if op.access == "admin" else "apiKey": []}]
     elif op.access == "public":

@@ -26,25 +26,25 @@ def build_sglang_model(settings: Settings) -> ServedModel:
 
     model_path, aliases = _model_path(settings)
     launcher = None
-    urls = list(settings.sglang_url)
-    if settings.launch:
-        launcher = Launcher(model_path, port=settings.sglang_port, python=settings.sglang_python,
-                            extra_args=settings.sglang_launch_args)
+    urls = list(settings.sglang.url)
+    if settings.sglang.launch:
+        launcher = Launcher(model_path, port=settings.sglang.port, python=settings.sglang.python,
+                            extra_args=settings.sglang.launch_args)
         launcher.start()
         urls = [launcher.url]
     try:
         if launcher is not None:
-            launcher.wait_healthy(settings.sglang_startup_timeout_s)
+            launcher.wait_healthy(settings.sglang.startup_timeout_s)
         facts: RuntimeFacts = _first_facts(urls, model_path, settings)
-        tokenizer, model_type, vocab_size, model_context = _tokenizer(settings.tokenizer or model_path)
+        tokenizer, model_type, vocab_size, model_context = _tokenizer(settings.sglang.tokenizer or model_path)
         family = detect_family(model_type, tokenizer.chat_template)
-        workers = [Worker(url, connect_timeout_s=settings.sglang_connect_timeout_s,
-                          read_timeout_s=settings.sglang_read_timeout_s, retry_s=settings.sglang_retry_s,
-                          api_key=settings.sglang_api_key) for url in urls]
+        workers = [Worker(url, connect_timeout_s=settings.sglang.connect_timeout_s,
+                          read_timeout_s=settings.sglang.read_timeout_s, retry_s=settings.sglang.retry_s,
+                          api_key=settings.sglang.api_key) for url in urls]
         engine = SGLangEngine(workers, facts, tokenizer=tokenizer, model_type=model_type,
-                              model_context=model_context, aliases=aliases, context_length=settings.context_length,
-                              vocab_size=vocab_size,
-                              health_interval_s=settings.sglang_health_interval_s,
+                              model_context=model_context, aliases=aliases,
+                              context_length=settings.backend.context_length, vocab_size=vocab_size,
+                              health_interval_s=settings.sglang.health_interval_s,
                               on_close=launcher.stop if launcher is not None else None)
     except BaseException:
         if launcher is not None:
@@ -61,7 +61,7 @@ def build_sglang_model(settings: Settings) -> ServedModel:
     fingerprint = "fp_" + hashlib.sha256(f"sglang:{facts.model_id}".encode()).hexdigest()[:10]
     log.info("serving %s from %d SGLang worker(s) (family %s, context %d)", facts.model_id, len(urls),
              family.name, engine.model_info.context_length)
-    reasoning = ReasoningSyntax.for_model(family, tokenizer, settings.prompted_thinking)
+    reasoning = ReasoningSyntax.for_model(family, tokenizer, settings.reasoning.prompted_thinking)
     return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images,
                        reasoning=reasoning)
 
@@ -72,7 +72,7 @@ def _model_path(settings: Settings) -> tuple[str, tuple[str, ...]]:
     from engines.embedded.catalog import find_catalog_model
     from engines.embedded.loader import resolve_model_folder
 
-    name = settings.model
+    name = settings.backend.model
     if find_catalog_model(name) is not None or Path(name).expanduser().is_file():
         folder, _, aliases = resolve_model_folder(name, settings.data_path())
         return str(folder), tuple(dict.fromkeys((name, *aliases)))
@@ -84,12 +84,12 @@ def _first_facts(urls: list[str], model_path: str, settings: Settings) -> Any:
     """Blocking: the facts of the first worker that answers, waiting for workers that are still starting."""
     from engines.sglang.engine import read_facts
 
-    deadline = time.monotonic() + settings.sglang_startup_timeout_s
+    deadline = time.monotonic() + settings.sglang.startup_timeout_s
     while True:
         errors = []
         for url in urls:
             try:
-                return read_facts(url, Path(model_path).name, api_key=settings.sglang_api_key)
+                return read_facts(url, Path(model_path).name, api_key=settings.sglang.api_key)
             except Exception as exc:  # not up yet, or not an SGLang server
                 errors.append(f"{url}: {exc}")
         if time.monotonic() > deadline:

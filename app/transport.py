@@ -25,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from app.linger import LingeringClose
 from core.errors import APIError
 from core.replies import encode
-from core.settings import Settings
+from core.settings import ConnectionSettings
 
 log = logging.getLogger("lodestar.transport")
 
@@ -60,7 +60,7 @@ class _Transport:
 
 
 class LodestarHTTP(HttpToolsProtocol):
-    limits: Settings  # set by protocol_class()
+    limits: ConnectionSettings  # set by protocol_class()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -283,6 +283,6 @@ class LodestarHTTP(HttpToolsProtocol):
     # The client's FIN while lingering: uvicorn's eof_received returns None, so the transport closes itself.
 
 
-def protocol_class(settings: Settings) -> type[LodestarHTTP]:
+def protocol_class(limits: ConnectionSettings) -> type[LodestarHTTP]:
     """The protocol class for uvicorn.run(http=...), bound to these settings."""
-    return type("LodestarHTTP", (LodestarHTTP,), {"limits": settings})
+    return type("LodestarHTTP", (LodestarHTTP,), {"limits": limits})

@@ -62,14 +62,14 @@ def median_ms(fn, repeats: int) -> float:
 
 def decode_times(images: dict[str, bytes], repeats: int) -> dict:
     settings = Settings()
-    budgets = {"low": settings.image_pixels_low, "auto": settings.image_pixels_auto,
-               "high": settings.image_pixels_high}
+    budgets = {"low": settings.images.pixels_low, "auto": settings.images.pixels_auto,
+               "high": settings.images.pixels_high}
     out = {}
     for name, data in images.items():
         row: dict = {"bytes": len(data)}
         for detail, budget in budgets.items():
             ours = median_ms(lambda d=data, b=budget: decode_image(
-                d, pixel_budget=b, max_source_pixels=settings.image_max_source_pixels), repeats)
+                d, pixel_budget=b, max_source_pixels=settings.images.max_source_pixels), repeats)
             naive = median_ms(lambda d=data, b=budget: naive_decode(d, b), repeats)
             row[detail] = {"lodestar_ms": ours, "naive_ms": naive, "speedup": round(naive / ours, 2)}
         out[name] = row

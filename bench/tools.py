@@ -26,7 +26,7 @@ import torch
 
 from chat.families import FAMILIES
 from core.protocol import request_decoder
-from core.settings import Settings
+from core.settings import ToolSettings
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import resolve_model_folder
 from tests.conftest import ROOT
@@ -58,7 +58,7 @@ class _Renderer:
 def _plan(renderer: _Renderer, salt: str):
     body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "tools": ten_tools(salt),
             "tool_choice": "required"}
-    return plan_tools(request_decoder.decode(msgspec.json.encode(body)), Settings(), renderer, CHECKER)
+    return plan_tools(request_decoder.decode(msgspec.json.encode(body)), ToolSettings(), renderer, CHECKER)
 
 
 def compile_times(tokenizer, repeats: int) -> dict:
@@ -113,10 +113,10 @@ def end_to_end(tokenizer, repeats: int) -> dict:
     import asyncio
 
     from chat.template import PromptRenderer
+    from core.settings import SchedulerSettings
     from engines.base import EngineRequest, SamplingParams
     from engines.embedded.engine import EmbeddedEngine
     from engines.embedded.loader import load_model
-    from engines.embedded.scheduler import SchedulerConfig
 
     loaded = load_model("default", Path("~/.local/share/lodestar").expanduser())
     engine_holder: list[EmbeddedEngine] = []
@@ -138,7 +138,8 @@ def end_to_end(tokenizer, repeats: int) -> dict:
         return len(times), (len(times) - 1) / (times[-1] - times[0])
 
     async def run() -> dict:
-        engine_holder.append(EmbeddedEngine(loaded, config=SchedulerConfig(max_batch_size=1)))
+        engine_holder.append(EmbeddedEngine(
+            loaded, scheduler=SchedulerSettings(max_batch_size=1, prefix_cache_bytes=0)))
         try:
             constrained, free = [], []
             for _ in range(repeats):

@@ -40,7 +40,7 @@ FAMILIES: dict[str, Family] = {
     "generic": Family("generic"),
 }
 
-# The markers of "prompted thinking" (settings.prompted_thinking) for families that do not reason natively.
+# The markers of "prompted thinking" (settings.reasoning.prompted_thinking) for families that do not reason natively.
 PROMPTED_THINK = ("<think>", "</think>")
 
 # Templates that identify a family whatever the architecture (distilled models reuse other architectures).

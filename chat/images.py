@@ -55,18 +55,18 @@ def refuse_placeholder_text(messages: list[Message], placeholders: tuple[str, ..
 
 
 def pixel_budget(detail: str, settings: Settings) -> int:
-    return {"low": settings.image_pixels_low, "high": settings.image_pixels_high}.get(
-        detail, settings.image_pixels_auto)
+    return {"low": settings.images.pixels_low, "high": settings.images.pixels_high}.get(
+        detail, settings.images.pixels_auto)
 
 
 def image_policy(settings: Settings) -> ImagePolicy:
     return ImagePolicy(
-        allow_http=settings.image_fetch_http, allow_hosts=settings.image_allow_hosts,
-        deny_hosts=settings.image_deny_hosts, private_hosts=settings.image_private_hosts,
-        media_dir=settings.image_media_dir, connect_timeout_s=settings.image_connect_timeout_s,
-        fetch_timeout_s=settings.image_fetch_timeout_s, max_bytes=settings.image_max_bytes,
-        max_redirects=settings.image_max_redirects, max_source_pixels=settings.image_max_source_pixels,
-        cache_entries=settings.image_cache_entries)
+        allow_http=settings.images.allow_http, allow_hosts=settings.images.allow_hosts,
+        deny_hosts=settings.images.deny_hosts, private_hosts=settings.images.private_hosts,
+        media_dir=settings.images.media_dir, connect_timeout_s=settings.images.connect_timeout_s,
+        fetch_timeout_s=settings.images.fetch_timeout_s, max_bytes=settings.images.max_bytes,
+        max_redirects=settings.images.max_redirects, max_source_pixels=settings.images.max_source_pixels,
+        cache_entries=settings.images.cache_entries)
 
 
 async def prepare_images(refs: list[ImageRef], settings: Settings, loader: ImageLoader,

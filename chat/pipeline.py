@@ -89,7 +89,7 @@ async def checked_tools(req: ChatCompletionRequest, settings: Settings, served: 
     cancelled = threading.Event()  # a client that leaves stops its schema checks (tools/checker.py)
     try:
         tools = await asyncio.to_thread(
-            functools.partial(plan_tools, req, settings, served.renderer, checker, cancelled,
+            functools.partial(plan_tools, req, settings.tools, served.renderer, checker, cancelled,
                               model_hides_tools=served.engine.model_info.hides_tools_after_results))
     except asyncio.CancelledError:
         cancelled.set()
@@ -108,7 +108,7 @@ async def checked_stages(req: ChatCompletionRequest, settings: Settings, served:
     (their grammar compiled), then the reasoning fields. The chat route and /v1/playground/check both run
     exactly these (after validate_request)."""
     tools = await checked_tools(req, settings, served, checker)
-    return tools, decide(req, served.reasoning, settings)
+    return tools, decide(req, served.reasoning, settings.reasoning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     info = served.engine.model_info
     tools, reasoning = await checked_stages(req, settings, served, checker)
     messages = session.messages if session is not None else req.messages
-    truncate_to = req.prompt_truncate_len or settings.prompt_truncate_len
+    truncate_to = req.prompt_truncate_len or settings.requests.prompt_truncate_len
     truncated = False
     if truncate_to:
         def count(msgs: list[Message]) -> int:
@@ -146,7 +146,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
 
     # A session that continues its stored conversation is rendered from its exact token ids (not for
     # vision prompts, whose image tokens are expanded after rendering).
-    history = session.history if session is not None and settings.session_continuation == "exact" and \
+    history = session.history if session is not None and settings.sessions.continuation == "exact" and \
         info.image_token_id is None and not truncated else []
 
     def render() -> list[int]:
@@ -161,7 +161,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     stops = req.stop_strings()
     sampling = _sampling(req, settings, served, tools, max_new,
                          stops=tuple(stops) if reasoning is None or not reasoning.section else ())
-    confidence = settings.confidence_score or bool(req.logprobs)
+    confidence = settings.requests.confidence_score or bool(req.logprobs)
     request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     engine_request = EngineRequest(
         request_id=request_id, prompt_ids=prompt_ids, sampling=sampling, n=req.n or 1, images=images,
@@ -196,7 +196,7 @@ def _render(renderer: PromptRenderer, messages: list[Message], tools: list[dict[
 
 def _completion_budget(req: ChatCompletionRequest, settings: Settings, context: int, prompt_tokens: int) -> int:
     """max_new_tokens: what the request asks (or the default), within the context and max_tokens_limit."""
-    requested = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
+    requested = req.max_completion_tokens or req.max_tokens or settings.requests.default_max_tokens
     room = context - prompt_tokens
     if room < 1 or (req.max_completion_tokens or req.max_tokens or 0) > room:
         asked = f" and {requested} in the completion" if requested else ""
@@ -205,7 +205,7 @@ def _completion_budget(req: ChatCompletionRequest, settings: Settings, context: 
                        "of the messages or of the completion.", param="messages",
                        code="context_length_exceeded")
     max_new = min(requested, room) if requested else room
-    return min(max_new, settings.max_tokens_limit) if settings.max_tokens_limit else max_new
+    return min(max_new, settings.requests.max_tokens_limit) if settings.requests.max_tokens_limit else max_new
 
 
 def _sampling(req: ChatCompletionRequest, settings: Settings, served: ServedModel, tools: ToolPlan,
@@ -213,8 +213,8 @@ def _sampling(req: ChatCompletionRequest, settings: Settings, served: ServedMode
     """The request's sampling parameters, the settings' defaults where it is silent."""
     return SamplingParams(
         max_new_tokens=max_new,
-        temperature=settings.default_temperature if req.temperature is None else req.temperature,
-        top_p=settings.default_top_p if req.top_p is None else req.top_p,
+        temperature=settings.requests.default_temperature if req.temperature is None else req.temperature,
+        top_p=settings.requests.default_top_p if req.top_p is None else req.top_p,
         top_k=req.top_k if req.top_k and req.top_k > 0 else 0,
         min_p=req.min_p or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
@@ -223,10 +223,10 @@ def _sampling(req: ChatCompletionRequest, settings: Settings, served: ServedMode
         stop_token_ids=() if req.ignore_eos else served.renderer.stop_token_ids,
         ignore_eos=bool(req.ignore_eos),
         stop=stops,
-        logit_bias=logit_bias(req.logit_bias, settings.max_logit_bias, served.engine.model_info.vocab_size),
+        logit_bias=logit_bias(req.logit_bias, settings.requests.max_logit_bias, served.engine.model_info.vocab_size),
         # after a complete tool call, a reply the model would as soon end does end (docs/tools.md)
         end_after_ids=(tools.close_token,) if tools.close_token is not None and tools.constraint else (),
-        end_probability=settings.tool_call_end_probability,
+        end_probability=settings.tools.tool_call_end_probability,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from chat.families import PROMPTED_THINK, Family
 from core.errors import invalid
 from core.protocol import ChatCompletionRequest
-from core.settings import Settings
+from core.settings import ReasoningSettings
 from core.text import partial_suffix
 from engines.base import EngineEvent, ThinkingBudget
 
@@ -128,16 +128,17 @@ class ReasoningMode:
                               close_insert=self.syntax.close_insert)
 
 
-def decide(req: ChatCompletionRequest, syntax: ReasoningSyntax | None, settings: Settings) -> ReasoningMode | None:
+def decide(req: ChatCompletionRequest, syntax: ReasoningSyntax | None,
+           settings: ReasoningSettings) -> ReasoningMode | None:
     """Whether this request thinks; None for models that do not reason (their requests are unaffected)."""
     ask = read_request(req)
     if syntax is None:
         return None
     if ask.think is None:  # silent requests: reasoning models think at the default effort, prompted ones not
-        think = syntax.native and settings.reasoning_effort != "none"
+        think = syntax.native and settings.effort != "none"
     else:
         think = ask.think
-    return ReasoningMode(syntax=syntax, think=think, ask=ask, default_effort=settings.reasoning_effort)
+    return ReasoningMode(syntax=syntax, think=think, ask=ask, default_effort=settings.effort)
 
 
 _THINKING, _AFTER, _ANSWER = range(3)

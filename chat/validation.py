@@ -108,18 +108,18 @@ def logit_bias(raw: msgspec.Raw, limit: int, vocab_size: int | None) -> dict[int
 
 
 def _check_size(content: object, i: int, settings: Settings) -> None:
-    if isinstance(content, list) and len(content) > settings.max_content_parts:
+    if isinstance(content, list) and len(content) > settings.requests.max_content_parts:
         raise invalid(f"'messages[{i}].content' has {len(content)} parts; the limit is "
-                      f"{settings.max_content_parts}", f"messages[{i}].content", "too_many_content_parts")
+                      f"{settings.requests.max_content_parts}", f"messages[{i}].content", "too_many_content_parts")
     if isinstance(content, str):
         chars = len(content)
     elif isinstance(content, list):
         chars = sum(len(part.text) for part in content if isinstance(part, TextPart))
     else:
         return
-    if chars > settings.max_message_chars:
+    if chars > settings.requests.max_message_chars:
         raise invalid(f"'messages[{i}].content' has {chars} characters of text; the limit is "
-                      f"{settings.max_message_chars}", f"messages[{i}].content", "message_too_long")
+                      f"{settings.requests.max_message_chars}", f"messages[{i}].content", "message_too_long")
 
 
 def validate_request(req: ChatCompletionRequest, settings: Settings, info: ModelInfo) -> None:
@@ -130,8 +130,8 @@ def validate_request(req: ChatCompletionRequest, settings: Settings, info: Model
 def _check_messages(req: ChatCompletionRequest, settings: Settings, info: ModelInfo) -> None:
     if not req.messages:
         raise invalid("'messages' must contain at least one message", "messages", "empty_array")
-    if len(req.messages) > settings.max_messages:
-        raise invalid(f"'messages' has {len(req.messages)} entries; the limit is {settings.max_messages}",
+    if len(req.messages) > settings.requests.max_messages:
+        raise invalid(f"'messages' has {len(req.messages)} entries; the limit is {settings.requests.max_messages}",
                       "messages", "too_many_messages")
     images = 0
     for i, message in enumerate(req.messages):
@@ -153,8 +153,8 @@ def _check_messages(req: ChatCompletionRequest, settings: Settings, info: ModelI
                                   f"(found an image_url part at messages[{i}].content[{j}])",
                                   f"messages[{i}].content[{j}]", "image_input_not_supported")
                 images += 1
-                if images > settings.max_images:
-                    raise invalid(f"Too many images: a request may carry at most {settings.max_images}",
+                if images > settings.images.max_images:
+                    raise invalid(f"Too many images: a request may carry at most {settings.images.max_images}",
                                   f"messages[{i}].content[{j}]", "too_many_images")
         if isinstance(message, AssistantMessage):
             if content is None and not message.tool_calls:
@@ -173,25 +173,25 @@ def _check_sampling(req: ChatCompletionRequest, settings: Settings, info: ModelI
     _range(req.presence_penalty, "presence_penalty", -2, 2)
     if req.top_k is not None and req.top_k < -1:
         raise invalid(f"'top_k' must be -1 or 0 (disabled) or a positive integer, got {req.top_k}", "top_k")
-    _range(req.n, "n", 1, settings.max_n)
+    _range(req.n, "n", 1, settings.requests.max_n)
     for key in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, key)
         if value is not None and value < 1:
             raise invalid(f"'{key}' must be at least 1, got {value}", key)
-        if value is not None and settings.max_tokens_limit and value > settings.max_tokens_limit:
-            raise invalid(f"'{key}' must be at most {settings.max_tokens_limit}, got {value}", key)
+        if value is not None and settings.requests.max_tokens_limit and value > settings.requests.max_tokens_limit:
+            raise invalid(f"'{key}' must be at most {settings.requests.max_tokens_limit}, got {value}", key)
     if req.prompt_truncate_len is not None and req.prompt_truncate_len < 1:
         raise invalid(f"'prompt_truncate_len' must be at least 1, got {req.prompt_truncate_len}",
                       "prompt_truncate_len")
     stops = req.stop_strings()
-    if len(stops) > settings.max_stop:
-        raise invalid(f"'stop' accepts at most {settings.max_stop} sequences, got {len(stops)}", "stop")
+    if len(stops) > settings.requests.max_stop:
+        raise invalid(f"'stop' accepts at most {settings.requests.max_stop} sequences, got {len(stops)}", "stop")
     if any(not s for s in stops):
         raise invalid("'stop' sequences must not be empty", "stop")
     if req.top_logprobs is not None:
-        _range(req.top_logprobs, "top_logprobs", 0, settings.max_top_logprobs)
+        _range(req.top_logprobs, "top_logprobs", 0, settings.requests.max_top_logprobs)
         if req.top_logprobs > 0 and not req.logprobs:
             raise invalid("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
     if req.stream_options is not None and not req.stream:
         raise invalid("'stream_options' is only allowed when 'stream' is true", "stream_options")
-    logit_bias(req.logit_bias, settings.max_logit_bias, info.vocab_size)
+    logit_bias(req.logit_bias, settings.requests.max_logit_bias, info.vocab_size)

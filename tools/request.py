@@ -9,7 +9,7 @@ from typing import Any
 
 from core.errors import APIError, clip, invalid
 from core.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice, ToolMessage
-from core.settings import Settings
+from core.settings import ToolSettings
 from engines.base import Constraint
 from tools import grammar as grammars
 from tools.calls import ToolCallParser
@@ -48,7 +48,7 @@ def _single_token(tokenizer: Any, text: str) -> int | None:
     return int(token_id)
 
 
-def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, checker: GrammarChecker,
+def plan_tools(req: ChatCompletionRequest, settings: ToolSettings, renderer: Any, checker: GrammarChecker,
                cancelled: threading.Event | None = None, *, model_hides_tools: bool = False) -> ToolPlan:
     """Blocking (run it off the event loop); `cancelled` set by the caller stops the schema checks.
 
@@ -102,7 +102,7 @@ def _tool_schemas(req: ChatCompletionRequest) -> dict[str, dict[str, Any]]:
     return schemas
 
 
-def _check_schemas(schemas: dict[str, dict[str, Any]], response_schema: dict[str, Any] | None, settings: Settings,
+def _check_schemas(schemas: dict[str, dict[str, Any]], response_schema: dict[str, Any] | None, settings: ToolSettings,
                    checker: GrammarChecker, cancelled: threading.Event | None) -> Deadline:
     """Size, then each schema, within one time budget for the whole request; returns its deadline."""
     limits = SchemaLimits(settings.max_schema_bytes, settings.max_schema_depth, settings.max_optional_properties)
@@ -117,7 +117,7 @@ def _check_schemas(schemas: dict[str, dict[str, Any]], response_schema: dict[str
     return deadline
 
 
-def _constrain(plan: ToolPlan, req: ChatCompletionRequest, settings: Settings,
+def _constrain(plan: ToolPlan, req: ChatCompletionRequest, settings: ToolSettings,
                response_schema: dict[str, Any] | None, markers: grammars.CallMarkers | None, *,
                model_hides_tools: bool) -> None:
     """The grammar for the reply; `markers` is None when no tools are offered."""

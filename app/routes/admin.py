@@ -13,7 +13,7 @@ from sessions.manager import owner_of
 
 @get("/v1/admin/usage", opt={"admin": True})
 async def key_usage(state: State) -> Response[bytes]:
-    hints = {owner_of(key): key_hint(key) for key in state.settings.api_keys}
+    hints = {owner_of(key): key_hint(key) for key in state.settings.server.api_keys}
     hints[owner_of(None)] = "anonymous"  # the one key of a server without api_keys
     data = []
     for owner, usage in sorted(state.limits.usage().items()):

@@ -8,13 +8,14 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from core.settings import SchedulerSettings
 from engines.base import Constraint, EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
 from engines.embedded.catalog import find_catalog_model
 from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
 from engines.embedded.loader import LoadedModel
 from engines.embedded.prefix_cache import PrefixCache
-from engines.embedded.scheduler import Scheduler, SchedulerConfig
+from engines.embedded.scheduler import Scheduler
 from engines.embedded.sequence import Group
 from engines.embedded.vision import QwenVision
 
@@ -22,16 +23,14 @@ from engines.embedded.vision import QwenVision
 class EmbeddedEngine:
     thinking_budgets = True  # the scheduler closes a reasoning section mid-generation (engines/thinking.py)
 
-    def __init__(self, loaded: LoadedModel, *, config: SchedulerConfig, max_queue: int = 64,
-                 context_length: int | None = None, vision_cache_entries: int = 32,
-                 grammar_cache_entries: int = 128, prefix_cache_bytes: int = 0) -> None:
+    def __init__(self, loaded: LoadedModel, *, scheduler: SchedulerSettings, context_length: int | None = None) -> None:
         model_config = getattr(loaded.model.config, "text_config", None) or loaded.model.config
         native = int(getattr(model_config, "max_position_embeddings", 2048))
         ctx = min(context_length, native) if context_length else native
         self.vision: QwenVision | None = None
         if loaded.vision:
             assert loaded.folder is not None
-            self.vision = QwenVision(loaded.model, loaded.folder, cache_entries=vision_cache_entries)
+            self.vision = QwenVision(loaded.model, loaded.folder, cache_entries=scheduler.vision_cache_entries)
         decoder = Decoder(loaded.model)
         self.model_info = ModelInfo(
             id=loaded.model_id, aliases=loaded.aliases, context_length=ctx, vision=self.vision is not None,
@@ -40,10 +39,10 @@ class EmbeddedEngine:
             hides_tools_after_results=bool((entry := find_catalog_model(loaded.model_id))
                                            and entry.hides_tools_after_results))
         self.tokenizer: Any = loaded.tokenizer
-        self.max_queue = max_queue
-        self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, grammar_cache_entries)
-        self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        self._scheduler = Scheduler(decoder, loaded.tokenizer, ctx, config, self.vision, self.grammars,
+        self.max_queue = scheduler.max_queue
+        self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, scheduler.grammar_cache_entries)
+        self.prefix_cache = PrefixCache(scheduler.prefix_cache_bytes)
+        self._scheduler = Scheduler(decoder, loaded.tokenizer, ctx, scheduler, self.vision, self.grammars,
                                     self.prefix_cache)
         self._groups: dict[str, Group] = {}
         self._closed = False

@@ -15,11 +15,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from core.settings import SchedulerSettings
 from engines.base import EngineError, EngineEvent, FinishReason, TokenLogprob
 from engines.detokenizer import IncrementalDetokenizer
 from engines.embedded.decoder import Decoder
@@ -32,14 +32,6 @@ from engines.embedded.vision import QwenVision
 from engines.thinking import ThinkingTracker
 
 log = logging.getLogger("lodestar.scheduler")
-
-
-@dataclass(slots=True)
-class SchedulerConfig:
-    max_batch_size: int = 8  # choices decoded together
-    prefill_chunk: int = 256  # prompt tokens per prefill step
-    queue_timeout_s: float = 60.0
-    threads: int = 0  # torch threads for the forward passes; 0: one per core
 
 
 def use_one_torch_thread() -> None:
@@ -55,7 +47,7 @@ def use_one_torch_thread() -> None:
 
 
 class Scheduler:
-    def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerConfig,
+    def __init__(self, decoder: Decoder, tokenizer: Any, context_length: int, config: SchedulerSettings,
                  vision: QwenVision | None = None, grammars: GrammarCompiler | None = None,
                  prefix_cache: PrefixCache | None = None) -> None:
         self.decoder = decoder

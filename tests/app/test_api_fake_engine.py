@@ -17,7 +17,7 @@ from litestar.testing import TestClient
 
 from app.main import create_app
 from chat.pipeline import ServedModel
-from core.settings import Settings
+from core.settings import Settings, build_settings
 from tests.fakes import DEFAULT_SCRIPT, EOS_ID, FakeEngine, FakeRenderer
 
 CHAT = "/v1/chat/completions"
@@ -35,7 +35,7 @@ def served(engine: FakeEngine) -> ServedModel:
 def make_app(engine: FakeEngine | None = None, **settings: Any) -> Litestar:
     """An app on the fake engine; its sessions and usage database is a fresh file unless one is given."""
     settings.setdefault("sessions_path", str(Path(tempfile.mkdtemp(prefix="lodestar-app-")) / "db.sqlite3"))
-    return create_app(Settings(**settings), served(engine or FakeEngine()))
+    return create_app(build_settings(settings), served(engine or FakeEngine()))
 
 
 @pytest.fixture()

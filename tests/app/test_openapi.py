@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from schemathesis import checks
 
 from app.openapi import document
-from core.settings import Settings
+from core.settings import Settings, build_settings
 from tests.app.test_api_fake_engine import make_app
 
 KEY = "sk-openapi"
@@ -54,7 +54,7 @@ def test_logit_bias_is_described_though_it_is_decoded_from_raw_json() -> None:
 
 
 def test_security_is_described_only_when_keys_are_configured() -> None:
-    open_doc, keyed_doc = document(Settings()), document(Settings(api_keys=("sk-a",)))
+    open_doc, keyed_doc = document(Settings()), document(build_settings({"api_keys": ["sk-a"]}))
     chat_open, chat_keyed = open_doc["paths"]["/v1/chat/completions"]["post"], \
         keyed_doc["paths"]["/v1/chat/completions"]["post"]
     assert "security" not in chat_open and "401" not in chat_open["responses"]

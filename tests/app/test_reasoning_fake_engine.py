@@ -15,7 +15,7 @@ from app.main import create_app
 from chat.families import FAMILIES
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
-from core.settings import Settings
+from core.settings import build_settings
 from engines.base import EngineRequest
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, sse_events
 from tests.fakes import DEFAULT_SCRIPT, FakeEngine, FakeRenderer, FakeTokenizer
@@ -56,7 +56,7 @@ class ReasoningRenderer(FakeRenderer):
 def make_client(engine: FakeEngine, *, opens: bool = False, **settings: Any) -> TestClient:
     served = ServedModel(engine=engine, renderer=ReasoningRenderer(engine.tokenizer, opens=opens),  # type: ignore[arg-type]
                          fingerprint="fp_fake", reasoning=SYNTAX)
-    return TestClient(create_app(Settings(**settings), served))
+    return TestClient(create_app(build_settings(settings), served))
 
 
 @pytest.fixture()

@@ -24,7 +24,7 @@ from chat.reasoning import (
 )
 from core.errors import APIError
 from core.protocol import ChatCompletionRequest
-from core.settings import Settings
+from core.settings import ReasoningSettings
 from engines.base import EngineEvent, ThinkingBudget, TokenLogprob
 from tests.chat.test_output import chunkings, split_at
 
@@ -432,8 +432,8 @@ def test_exclude() -> None:
 # -- decide, finish_prompt, budget ------------------------------------------------------------------
 
 
-def mode(syntax: ReasoningSyntax = SYNTAX, settings: Settings | None = None, **fields: Any) -> ReasoningMode:
-    result = decide(request(**fields), syntax, settings or Settings())
+def mode(syntax: ReasoningSyntax = SYNTAX, settings: ReasoningSettings | None = None, **fields: Any) -> ReasoningMode:
+    result = decide(request(**fields), syntax, settings or ReasoningSettings())
     assert result is not None
     return result
 
@@ -444,10 +444,10 @@ def thinking_budget(m: ReasoningMode, max_new: int, prompt: str = PROMPT) -> Thi
 
 
 def test_decide_without_syntax_is_none_but_still_checks_the_request() -> None:
-    assert decide(request(reasoning_effort="high"), None, Settings()) is None
-    assert decide(request(), None, Settings()) is None
+    assert decide(request(reasoning_effort="high"), None, ReasoningSettings()) is None
+    assert decide(request(), None, ReasoningSettings()) is None
     with pytest.raises(APIError):
-        decide(request(reasoning={"enabled": False, "effort": "high"}), None, Settings())
+        decide(request(reasoning={"enabled": False, "effort": "high"}), None, ReasoningSettings())
 
 
 @pytest.mark.parametrize("effort", ["xhigh", "high", "medium", "low", "minimal"])
@@ -476,7 +476,7 @@ def test_reasoning_max_tokens_wins_exactly() -> None:
 
 
 def test_silent_request_native_model_thinks_at_the_default_effort() -> None:
-    m = mode(settings=Settings(reasoning_effort="high"))
+    m = mode(settings=ReasoningSettings(effort="high"))
     assert m.think is True
     budget = thinking_budget(m, 1000)
     assert budget is not None and budget.max_tokens == 800
@@ -484,7 +484,7 @@ def test_silent_request_native_model_thinks_at_the_default_effort() -> None:
 
 
 def test_silent_request_does_not_think_when_the_default_is_none() -> None:
-    m = mode(settings=Settings(reasoning_effort="none"))
+    m = mode(settings=ReasoningSettings(effort="none"))
     assert m.think is False
     assert m.finish_prompt(PROMPT) == PROMPT
     assert m.budget(1000) is None
@@ -506,18 +506,18 @@ def test_prompted_model_thinks_when_asked() -> None:
 
 
 def test_enabled_with_default_effort_none_thinks_at_medium() -> None:
-    m = mode(settings=Settings(reasoning_effort="none"), reasoning={"enabled": True})
+    m = mode(settings=ReasoningSettings(effort="none"), reasoning={"enabled": True})
     assert m.think is True
     assert thinking_budget(m, 1000).max_tokens == int(EFFORT_SHARE["medium"] * 1000)  # type: ignore[union-attr]
 
 
 def test_enabled_uses_the_default_effort() -> None:
-    m = mode(settings=Settings(reasoning_effort="low"), reasoning={"enabled": True})
+    m = mode(settings=ReasoningSettings(effort="low"), reasoning={"enabled": True})
     assert thinking_budget(m, 1000).max_tokens == 200  # type: ignore[union-attr]
 
 
 def test_explicit_off_overrides_the_default() -> None:
-    m = mode(settings=Settings(reasoning_effort="xhigh"), reasoning={"enabled": False})
+    m = mode(settings=ReasoningSettings(effort="xhigh"), reasoning={"enabled": False})
     assert m.think is False
     assert m.template_options == {"enable_thinking": False}
 

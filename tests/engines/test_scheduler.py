@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
+from core.settings import SchedulerSettings
 from engines.base import EngineError, EngineEvent, EngineRequest, SamplingParams
 from engines.embedded.decoder import Decoder
 from engines.embedded.engine import EmbeddedEngine
 from engines.embedded.loader import LoadedModel
-from engines.embedded.scheduler import SchedulerConfig
 
 TIMEOUT = 60.0
 QUESTION = "What is the capital of France?"
@@ -29,12 +29,14 @@ def fp32(smollm: LoadedModel) -> LoadedModel:
 
 
 def run_engine(loaded: LoadedModel, body: Callable[[EmbeddedEngine], Awaitable[Any]], *,
-               max_batch_size: int = 4, prefill_chunk: int = 16, max_queue: int = 64, **options: Any) -> Any:
+               max_batch_size: int = 4, prefill_chunk: int = 16, max_queue: int = 64,
+               prefix_cache_bytes: int = 0) -> Any:
     """Build an engine, run `body` against it in a fresh event loop, and always close it."""
 
     async def main() -> Any:
-        engine = EmbeddedEngine(loaded, max_queue=max_queue, **options,
-                                config=SchedulerConfig(max_batch_size=max_batch_size, prefill_chunk=prefill_chunk))
+        engine = EmbeddedEngine(loaded, scheduler=SchedulerSettings(
+            max_batch_size=max_batch_size, prefill_chunk=prefill_chunk, max_queue=max_queue,
+            prefix_cache_bytes=prefix_cache_bytes))
         try:
             return await asyncio.wait_for(body(engine), TIMEOUT)
         finally:
@@ -320,7 +322,8 @@ def test_full_queue_is_refused_eagerly_with_429(fp32: LoadedModel, chat_ids) -> 
 
 def test_close_stops_the_thread(fp32: LoadedModel) -> None:
     async def body() -> None:
-        engine = EmbeddedEngine(fp32, config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
+        engine = EmbeddedEngine(fp32, scheduler=SchedulerSettings(max_batch_size=4, prefill_chunk=16,
+                                                                  prefix_cache_bytes=0))
         thread = engine._scheduler._thread
         assert thread.is_alive()
         started = time.monotonic()
@@ -335,7 +338,8 @@ def test_close_ends_in_flight_requests_and_refuses_new_ones(fp32: LoadedModel, c
     prompt = chat_ids(QUESTION)
 
     async def body() -> None:
-        engine = EmbeddedEngine(fp32, config=SchedulerConfig(max_batch_size=4, prefill_chunk=16))
+        engine = EmbeddedEngine(fp32, scheduler=SchedulerSettings(max_batch_size=4, prefill_chunk=16,
+                                                                  prefix_cache_bytes=0))
         in_flight = engine.generate(request(prompt, max_new_tokens=500))
         await anext(in_flight)
         not_started = engine.generate(request(prompt, request_id="late", max_new_tokens=2))
@@ -363,7 +367,7 @@ def test_only_the_scheduler_thread_computes_in_parallel(fp32: LoadedModel) -> No
     seen: dict[str, int] = {}
 
     async def main() -> None:
-        engine = EmbeddedEngine(fp32, config=SchedulerConfig(threads=2))
+        engine = EmbeddedEngine(fp32, scheduler=SchedulerSettings(threads=2, prefix_cache_bytes=0))
         try:
             loop = asyncio.get_running_loop()
             done = asyncio.Event()

@@ -339,13 +339,13 @@ async def _json(send: Any, status: int, payload: Any) -> None:
 
 def build_engine(model: str, *, prefix_cache_bytes: int = 256 << 20) -> Any:
     """An embedded engine (fp32, so repeated requests are exact) to stand behind the contract."""
+    from core.settings import SchedulerSettings
     from engines.embedded.engine import EmbeddedEngine
     from engines.embedded.loader import load_model
-    from engines.embedded.scheduler import SchedulerConfig
 
     loaded = load_model(model, Path("~/.local/share/lodestar").expanduser(), quantize="none")
-    return EmbeddedEngine(loaded, prefix_cache_bytes=prefix_cache_bytes,
-                          config=SchedulerConfig(max_batch_size=8, prefill_chunk=256, queue_timeout_s=60, threads=1))
+    return EmbeddedEngine(loaded, scheduler=SchedulerSettings(max_batch_size=8, prefill_chunk=256, queue_timeout_s=60,
+                                                              threads=1, prefix_cache_bytes=prefix_cache_bytes))
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def test_the_whole_grammar_is_checked_once_too() -> None:
     what the server compiles in its own process has passed within the budget; known verdicts are reused."""
     from chat.families import FAMILIES
     from core.protocol import request_decoder
-    from core.settings import Settings
+    from core.settings import ToolSettings
     from tools.request import plan_tools
 
     class Renderer:
@@ -174,8 +174,8 @@ def test_the_whole_grammar_is_checked_once_too() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
     request = request_decoder.decode(json.dumps(body))
-    plan = plan_tools(request, Settings(), Renderer(), checker)
+    plan = plan_tools(request, ToolSettings(), Renderer(), checker)
     assert plan.constraint is not None and checker.checks == 2  # the schema, then the grammar around it
-    plan_tools(request, Settings(), Renderer(), checker)
+    plan_tools(request, ToolSettings(), Renderer(), checker)
     assert checker.checks == 2
     checker.close()

@@ -12,7 +12,7 @@ import pytest
 from chat.families import FAMILIES
 from core.errors import APIError
 from core.protocol import ChatCompletionRequest, request_decoder
-from core.settings import Settings
+from core.settings import ToolSettings
 from tools.checker import GrammarChecker
 from tools.request import ToolPlan
 from tools.request import plan_tools as plan_with
@@ -26,7 +26,7 @@ def check_schema(schema: Any, param: str, *, object_root: bool) -> str:
     return check_with(schema, param, object_root=object_root, checker=CHECKER, deadline=CHECKER.deadline())
 
 
-def plan_tools(req: ChatCompletionRequest, settings: Settings, renderer: Any, **kw: Any) -> ToolPlan:
+def plan_tools(req: ChatCompletionRequest, settings: ToolSettings, renderer: Any, **kw: Any) -> ToolPlan:
     return plan_with(req, settings, renderer, CHECKER, **kw)
 
 ROOT = "tools[0].function.parameters"
@@ -229,7 +229,7 @@ def test_the_deepest_schema_a_request_can_carry_is_refused(renderer: Any) -> Non
             b'"function": {"name": "a", "parameters": {"type": "object", "properties": {"x": '
             + b'{"items": ' * 900 + b'{}' + b'}' * 900 + b'}}}}]}')
     with pytest.raises(APIError) as info:
-        plan_tools(request_decoder.decode(body), Settings(), renderer)
+        plan_tools(request_decoder.decode(body), ToolSettings(), renderer)
     assert (info.value.code, info.value.param) == ("schema_too_large", "tools[0].function.parameters")
 
 
@@ -291,9 +291,9 @@ def named(name: str) -> dict[str, Any]:
     return {"type": "function", "function": {"name": name}}
 
 
-def plan_error(renderer: Any, settings: Settings | None = None, **fields: Any) -> APIError:
+def plan_error(renderer: Any, settings: ToolSettings | None = None, **fields: Any) -> APIError:
     with pytest.raises(APIError) as info:
-        plan_tools(request(**fields), settings or Settings(), renderer)
+        plan_tools(request(**fields), settings or ToolSettings(), renderer)
     assert info.value.status == 400
     return info.value
 
@@ -332,7 +332,7 @@ def test_plan_tools_refusals(renderer: Any, fields: dict[str, Any], code: str, p
 
 
 def test_too_many_tools(renderer: Any) -> None:
-    settings = msgspec.structs.replace(Settings(), max_tools=2)
+    settings = ToolSettings(max_tools=2)
     plan_tools(request(tools=[tool("a"), tool("b")]), settings, renderer)
     error = plan_error(renderer, settings, tools=[tool("a"), tool("b"), tool("c")])
     assert (error.code, error.param) == ("too_many_tools", "tools")
@@ -340,7 +340,7 @@ def test_too_many_tools(renderer: Any) -> None:
 
 
 def test_schema_limits_come_from_settings(renderer: Any) -> None:
-    settings = msgspec.structs.replace(Settings(), max_schema_depth=4, max_schema_bytes=200)
+    settings = ToolSettings(max_schema_depth=4, max_schema_bytes=200)
     assert plan_error(renderer, settings, tools=[tool("a", nested(5))]).code == "schema_too_large"
     plan_tools(request(tools=[tool("a", nested(4))]), settings, renderer)
     big = {"type": "object", "description": "x" * 150}
@@ -358,16 +358,16 @@ def test_a_family_without_tool_markers_refuses_tools(renderer: Any) -> None:
         assert (error.code, error.param) == ("tools_not_supported", "tools")
         assert "chatml" in error.message
     # Tools that are not offered, and JSON output, need no markers.
-    plan = plan_tools(request(tools=[tool("a", WEATHER)], tool_choice="none"), Settings(), chatml)
+    plan = plan_tools(request(tools=[tool("a", WEATHER)], tool_choice="none"), ToolSettings(), chatml)
     assert plan.constraint is None and plan.markers is None
-    plan = plan_tools(request(response_format={"type": "json_object"}), Settings(), chatml)
+    plan = plan_tools(request(response_format={"type": "json_object"}), ToolSettings(), chatml)
     assert plan.constraint is not None and plan.parser() is None
 
 
 # -- plans that pass ---------------------------------------------------------------------------------------
 
 def test_auto_plan(renderer: Any) -> None:
-    plan = plan_tools(request(tools=[tool("get_weather", WEATHER, "Weather now"), tool("ping")]), Settings(),
+    plan = plan_tools(request(tools=[tool("get_weather", WEATHER, "Weather now"), tool("ping")]), ToolSettings(),
                       renderer)
     assert plan.markers == ("<tool_call>", "</tool_call>")
     assert plan.bare_calls is True
@@ -388,20 +388,20 @@ def test_a_reply_to_tool_results_calls_only_with_markers(renderer: Any) -> None:
                     "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
                 {"role": "tool", "tool_call_id": "c1", "content": "21 degrees"}]
     tools = [tool("get_weather", WEATHER)]
-    plan = plan_tools(request(tools=tools, messages=messages), Settings(), renderer)
+    plan = plan_tools(request(tools=tools, messages=messages), ToolSettings(), renderer)
     assert plan.constraint is not None and plan.constraint.grammar.startswith("start: TEXT | TEXT? calls")
     parser = plan.parser()
     assert plan.bare_calls is False and parser is not None and not parser.bare
     # A question after the result is a new turn: bare calls are read again; the setting keeps them always.
     asked = plan_tools(request(tools=tools, messages=[*messages, {"role": "user", "content": "And Rome?"}]),
-                       Settings(), renderer)
+                       ToolSettings(), renderer)
     assert asked.bare_calls is True
     kept = plan_tools(request(tools=tools, messages=messages),
-                      msgspec.structs.replace(Settings(), bare_calls_after_tool_results=True), renderer)
+                      ToolSettings(bare_calls_after_tool_results=True), renderer)
     assert kept.bare_calls is True and kept.constraint is not None
     assert kept.constraint.grammar.startswith("start: TEXT | bare | TEXT? calls")
     # tool_choice "none" after the result: no tools shown, and the answer opens like prose.
-    none = plan_tools(request(tools=tools, messages=messages, tool_choice="none"), Settings(), renderer)
+    none = plan_tools(request(tools=tools, messages=messages, tool_choice="none"), ToolSettings(), renderer)
     assert none.template_tools is None and none.constraint is not None
     assert none.constraint.grammar.startswith("start: TEXT\n") and none.parser() is None
 
@@ -416,7 +416,7 @@ def test_a_model_that_answers_better_without_tools_gets_none_after_results(rende
     tools = [tool("get_weather", WEATHER)]
 
     def plan(msgs: list[dict[str, Any]], setting: str = "model", hides: bool = True) -> ToolPlan:
-        settings = msgspec.structs.replace(Settings(), tools_after_tool_results=setting)
+        settings = ToolSettings(tools_after_tool_results=setting)
         return plan_tools(request(tools=tools, messages=msgs), settings, renderer, model_hides_tools=hides)
 
     hidden = plan(messages)
@@ -429,7 +429,7 @@ def test_a_model_that_answers_better_without_tools_gets_none_after_results(rende
 
 
 def test_none_plan_shows_no_tools(renderer: Any) -> None:
-    plan = plan_tools(request(tools=[tool("a", WEATHER)], tool_choice="none"), Settings(), renderer)
+    plan = plan_tools(request(tools=[tool("a", WEATHER)], tool_choice="none"), ToolSettings(), renderer)
     assert plan == ToolPlan(schemas={"a": WEATHER})
     assert plan.parser() is None
 
@@ -438,11 +438,11 @@ def test_none_plan_shows_no_tools(renderer: Any) -> None:
 def test_required_and_named_plans(renderer: Any, parallel: bool | None) -> None:
     extra = {} if parallel is None else {"parallel_tool_calls": parallel}
     tools = [tool("a", WEATHER), tool("b")]
-    required = plan_tools(request(tools=tools, tool_choice="required", **extra), Settings(), renderer)
+    required = plan_tools(request(tools=tools, tool_choice="required", **extra), ToolSettings(), renderer)
     assert required.constraint is not None and required.constraint.grammar.startswith("start: calls")
     assert ('("\\n" call)*' in required.constraint.grammar) is (parallel is not False)
     assert required.bare_calls is False
-    only_b = plan_tools(request(tools=tools, tool_choice=named("b"), **extra), Settings(), renderer)
+    only_b = plan_tools(request(tools=tools, tool_choice=named("b"), **extra), ToolSettings(), renderer)
     assert only_b.constraint is not None
     assert '\\"name\\": \\"b\\"' in only_b.constraint.grammar
     assert '\\"name\\": \\"a\\"' not in only_b.constraint.grammar
@@ -450,26 +450,26 @@ def test_required_and_named_plans(renderer: Any, parallel: bool | None) -> None:
 
 
 def test_response_format_plans(renderer: Any) -> None:
-    plan = plan_tools(request(response_format={"type": "json_object"}), Settings(), renderer)
+    plan = plan_tools(request(response_format={"type": "json_object"}), ToolSettings(), renderer)
     assert plan.constraint is not None and plan.constraint.grammar.startswith('start: %json {"type": "object"')
     assert plan.parser() is None
-    text = plan_tools(request(response_format={"type": "text"}), Settings(), renderer)
+    text = plan_tools(request(response_format={"type": "text"}), ToolSettings(), renderer)
     assert text.constraint is None
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
     both = plan_tools(request(tools=[tool("a", WEATHER)], response_format={
-        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}), Settings(), renderer)
+        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}), ToolSettings(), renderer)
     assert both.constraint is not None and both.constraint.grammar.startswith("start: json_answer | calls")
     assert both.bare_calls is False and both.markers == ("<tool_call>", "</tool_call>")
     required = plan_tools(request(tools=[tool("a", WEATHER)], tool_choice="required", response_format={
-        "type": "json_object"}), Settings(), renderer)
+        "type": "json_object"}), ToolSettings(), renderer)
     assert required.constraint is not None and required.constraint.grammar.startswith("start: calls")
 
 
 def test_equal_requests_give_equal_constraint_keys(renderer: Any) -> None:
     fields = {"tools": [tool("a", WEATHER)], "tool_choice": "required"}
-    first = plan_tools(request(**fields), Settings(), renderer).constraint
-    second = plan_tools(request(**fields), Settings(), renderer).constraint
-    other = plan_tools(request(**{**fields, "parallel_tool_calls": False}), Settings(), renderer).constraint
+    first = plan_tools(request(**fields), ToolSettings(), renderer).constraint
+    second = plan_tools(request(**fields), ToolSettings(), renderer).constraint
+    other = plan_tools(request(**{**fields, "parallel_tool_calls": False}), ToolSettings(), renderer).constraint
     assert first is not None and second is not None and other is not None
     assert first.key == second.key != other.key
     assert len(first.key) == 64
