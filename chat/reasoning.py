@@ -183,7 +183,7 @@ class ReasoningSplitter:
         return reasoning, EngineEvent(
             index=event.index, token_ids=event.token_ids if owns_tokens else [], text=answer,
             logprobs=event.logprobs if owns_tokens else None, finish_reason=event.finish_reason,
-            prompt_tokens=event.prompt_tokens, cached_tokens=event.cached_tokens)
+            facts=event.facts)
 
     @property
     def text(self) -> str:

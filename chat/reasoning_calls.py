@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 
-from engines.base import Engine, EngineEvent, EngineRequest, ThinkingBudget
+from engines.base import Engine, EngineEvent, EngineRequest, RequestFacts, ThinkingBudget
 from engines.thinking import ThinkingTracker
 
 
@@ -94,19 +94,21 @@ async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncGe
         # then stays out: a partial marker is no close).
         close = list(budget.close_ids[: max(0, limit - len(generated))])
         generated.extend(close)
-        yield EngineEvent(index=index, token_ids=close, forced=True, prompt_tokens=len(req.prompt_ids),
+        yield EngineEvent(index=index, token_ids=close, forced=True,
                           text=budget.close_insert if len(close) == len(budget.close_ids) else "")
     remaining = limit - len(generated)
     if remaining <= 0:
         yield EngineEvent(index=index, token_ids=[], text="", finish_reason="length",
-                          prompt_tokens=len(req.prompt_ids))
+                          facts=RequestFacts(len(req.prompt_ids)))
         return
     stream = answer if answer is not None else engine.generate(_answer_call(req, index, generated))
     try:
         async for event in stream:
             # Counts of the original prompt: the answer call's prompt also holds the reasoning.
-            yield replace(event, index=index, prompt_tokens=len(req.prompt_ids),
-                          cached_tokens=min(event.cached_tokens, len(req.prompt_ids)))
+            facts = event.facts
+            if facts is not None:
+                facts = RequestFacts(len(req.prompt_ids), min(facts.cached_tokens, len(req.prompt_ids)))
+            yield replace(event, index=index, facts=facts)
     finally:
         await stream.aclose()
 

@@ -78,13 +78,17 @@ class Run:
     async def events(self) -> AsyncIterator[tuple[ChoiceOutput, EngineEvent]]:
         stream, observers = self._stream, self.plan.observers
         last = None
+        queued_seen = False
         try:
             async for event in stream:
-                self.prompt_tokens = event.prompt_tokens or self.prompt_tokens
-                self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
-                if event.queued_s is not None:
-                    for observer in observers:
-                        observer.queued(event.queued_s)
+                facts = event.facts
+                if facts is not None:
+                    self.prompt_tokens = facts.prompt_tokens or self.prompt_tokens
+                    self.cached_tokens = max(self.cached_tokens, facts.cached_tokens)
+                    if facts.queued_s is not None and not queued_seen:
+                        queued_seen = True
+                        for observer in observers:
+                            observer.queued(facts.queued_s)
                 if observers and event.token_ids:
                     now = time.perf_counter()
                     for observer in observers:

@@ -112,19 +112,27 @@ class TokenLogprob:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the engine knows of the whole request, not of one token."""
+
+    prompt_tokens: int  # the prompt as the model saw it (image tokens counted)
+    cached_tokens: int = 0  # of those, taken from a prefix cache
+    queued_s: float | None = None  # its wait for a batch slot, if the engine knows
+
+
 @dataclass(slots=True)
 class EngineEvent:
-    """New tokens of one choice; the last event of a choice carries its finish reason."""
+    """New tokens of one choice; the last event of a choice carries its finish reason. Request-level facts
+    ride on a choice's first and last events only (`facts`; None on the others)."""
 
     index: int
     token_ids: list[int]
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
+    facts: RequestFacts | None = None
     forced: bool = False  # the engine inserted these tokens (a reasoning budget's close), it did not sample them
-    queued_s: float | None = None  # on a request's first event, if the engine knows: its wait for a batch slot
 
 
 class EngineError(Exception):

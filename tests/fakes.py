@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from chat.families import FAMILIES
-from engines.base import EngineError, EngineEvent, EngineRequest, ModelInfo, TokenLogprob
+from engines.base import EngineError, EngineEvent, EngineRequest, ModelInfo, RequestFacts, TokenLogprob
 
 EOS_ID = 2
 EOS_PIECE = "<|im_end|>"
@@ -154,8 +154,8 @@ class FakeEngine:
                     text = "" if token_id == EOS_ID else self.tokenizer.decode([token_id])
                     yield EngineEvent(index=index, token_ids=[token_id], text=text,
                                       logprobs=self._logprobs(req, token_id), finish_reason=finish,
-                                      prompt_tokens=len(req.prompt_ids), cached_tokens=self.cached_tokens,
-                                      queued_s=0.0 if step == 0 and index == 0 else None)  # never queued
+                                      facts=RequestFacts(len(req.prompt_ids), self.cached_tokens, 0.0)
+                                      if step == 0 or finish is not None else None)  # never queued
                     if finish is not None:
                         live.discard(index)
                 step += 1

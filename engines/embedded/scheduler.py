@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from core.settings import SchedulerSettings
-from engines.base import EngineError, EngineEvent, FinishReason, TokenLogprob
+from engines.base import EngineError, EngineEvent, FinishReason, RequestFacts, TokenLogprob
 from engines.detokenizer import IncrementalDetokenizer
 from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
@@ -275,9 +275,11 @@ class Scheduler:
             choice.thinking.feed(text)
         if finish is not None and choice.group.keys:  # the reply too: the next turn starts with it
             self.prefix_cache.insert(choice.group.keys + choice.detok.ids, choice.cache, req.session_key)
+        facts = None
+        if choice.generated == 1 or finish is not None:
+            facts = RequestFacts(len(req.prompt_ids), group.cached, group.admitted_at - group.enqueued_at)
         choice.group.emit(EngineEvent(
             index=choice.index, token_ids=[token], text=text,
-            logprobs=[logprob] if logprob is not None else None, finish_reason=finish,
-            prompt_tokens=len(req.prompt_ids), cached_tokens=choice.group.cached, forced=choice.last_forced,
-            queued_s=group.admitted_at - group.enqueued_at if choice.generated == 1 and choice.index == 0 else None))
+            logprobs=[logprob] if logprob is not None else None, finish_reason=finish, facts=facts,
+            forced=choice.last_forced))
         return finish is None

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from engines.base import EngineError, EngineEvent, EngineRequest, FinishReason, TokenLogprob
+from engines.base import EngineError, EngineEvent, EngineRequest, FinishReason, RequestFacts, TokenLogprob
 from engines.detokenizer import IncrementalDetokenizer
 
 # Seeds beyond this are folded: SGLang reads sampling_seed as a signed 64-bit integer.
@@ -158,9 +158,11 @@ class ReplyReader:
         if finish is not None:
             text += state.detok.flush()
             state.finished = True
+        facts = None
+        if state.seen == len(new_ids) or finish is not None:  # a choice's first event, and its last
+            facts = RequestFacts(self.prompt_tokens or meta.prompt_tokens, meta.cached_tokens)
         return EngineEvent(index=index, token_ids=list(new_ids), text=text,
-                           logprobs=_logprobs(meta, len(new_ids)), finish_reason=finish,
-                           prompt_tokens=self.prompt_tokens or meta.prompt_tokens, cached_tokens=meta.cached_tokens)
+                           logprobs=_logprobs(meta, len(new_ids)), finish_reason=finish, facts=facts)
 
 
 def _finish(reason: dict[str, Any] | None) -> FinishReason | None:

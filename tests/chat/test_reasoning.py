@@ -25,7 +25,7 @@ from chat.reasoning import (
 from core.errors import APIError
 from core.protocol import ChatCompletionRequest
 from core.settings import ReasoningSettings
-from engines.base import EngineEvent, ThinkingBudget, TokenLogprob
+from engines.base import EngineEvent, RequestFacts, ThinkingBudget, TokenLogprob
 from tests.chat.test_output import chunkings, split_at
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -36,9 +36,9 @@ OPEN, CLOSE = "<think>", "</think>"
 def event(text: str, *, ids: Sequence[int] | None = None, finish: str | None = None, forced: bool = False,
           logprobs: list[TokenLogprob] | None = None, prompt_tokens: int = 0, cached_tokens: int = 0,
           index: int = 0) -> EngineEvent:
+    facts = RequestFacts(prompt_tokens, cached_tokens) if prompt_tokens else None
     return EngineEvent(index=index, token_ids=list(ids) if ids is not None else [1], text=text, logprobs=logprobs,
-                       finish_reason=finish, prompt_tokens=prompt_tokens,  # type: ignore[arg-type]
-                       cached_tokens=cached_tokens, forced=forced)
+                       finish_reason=finish, facts=facts, forced=forced)  # type: ignore[arg-type]
 
 
 def without_markers(text: str) -> str:
@@ -258,7 +258,7 @@ def test_answer_event_copies_the_event_fields() -> None:
     splitter = ReasoningSplitter(OPEN, CLOSE)
     _, answer = splitter.feed(event("r</think>A", ids=[7], index=2, prompt_tokens=11, cached_tokens=4,
                                     finish="length"))
-    assert (answer.index, answer.prompt_tokens, answer.cached_tokens, answer.finish_reason) == (2, 11, 4, "length")
+    assert (answer.index, answer.facts, answer.finish_reason) == (2, RequestFacts(11, 4), "length")
     assert answer.text == "A" and answer.token_ids == [7]
     assert answer.forced is False
 

@@ -9,7 +9,15 @@ from collections.abc import AsyncGenerator, Sequence
 import pytest
 
 from chat.reasoning_calls import generate_with_budget
-from engines.base import Constraint, EngineError, EngineEvent, EngineRequest, SamplingParams, ThinkingBudget
+from engines.base import (
+    Constraint,
+    EngineError,
+    EngineEvent,
+    EngineRequest,
+    RequestFacts,
+    SamplingParams,
+    ThinkingBudget,
+)
 
 STOP = 2
 PROMPT = [1, 1, 1, 1, 3, 3]
@@ -65,12 +73,12 @@ class ScriptedEngine:
                 if token in req.sampling.stop_token_ids:
                     done = True
                     yield EngineEvent(index=0, token_ids=[token], text="", finish_reason="stop",
-                                      prompt_tokens=len(req.prompt_ids), cached_tokens=cached)
+                                      facts=RequestFacts(len(req.prompt_ids), cached))
                     return
                 last = step + 1 >= req.sampling.max_new_tokens
                 done = last
                 yield EngineEvent(index=0, token_ids=[token], text=text, finish_reason="length" if last else None,
-                                  prompt_tokens=len(req.prompt_ids), cached_tokens=cached)
+                                  facts=RequestFacts(len(req.prompt_ids), cached) if step == 0 or last else None)
                 if last:
                     return
             raise AssertionError(f"the script of {call} ran out")
@@ -111,13 +119,18 @@ def ids(script: Script) -> list[int]:
     return [t for t, _ in script]
 
 
+def facts(events: Sequence[EngineEvent]) -> list[RequestFacts]:
+    return [e.facts for e in events if e.facts is not None]
+
+
 def assert_one_stream(events: Sequence[EngineEvent], index: int = 0) -> None:
-    """What the pipeline expects of one choice: its index and the original prompt's count on every event,
-    and exactly one finish, on the last event."""
+    """What the pipeline expects of one choice: its index on every event, the original prompt's count on
+    every event with facts (the last one has them), and exactly one finish, on the last event."""
     assert events
     assert all(e.index == index for e in events)
-    assert all(e.prompt_tokens == len(PROMPT) for e in events)
-    assert all(e.cached_tokens <= len(PROMPT) for e in events)
+    assert events[-1].facts is not None
+    assert all(f.prompt_tokens == len(PROMPT) for f in facts(events))
+    assert all(f.cached_tokens <= len(PROMPT) for f in facts(events))
     assert [e.finish_reason is not None for e in events] == [False] * (len(events) - 1) + [True]
 
 
@@ -286,9 +299,9 @@ def test_answer_events_report_the_original_prompt() -> None:
     events = run(engine, request(budget=2, max_new=20))
     answer = engine.request("answer0")
     assert len(answer.prompt_ids) > len(PROMPT)
-    assert all(e.prompt_tokens == len(PROMPT) for e in events)
+    assert all(f.prompt_tokens == len(PROMPT) for f in facts(events))
     # The answer call's cache covers the reasoning too; only the prompt's part of it is prompt cache.
-    assert max(e.cached_tokens for e in events) == len(PROMPT)
+    assert max(f.cached_tokens for f in facts(events)) == len(PROMPT)
 
 
 def test_consumer_closing_early_releases_the_thinking_call() -> None:

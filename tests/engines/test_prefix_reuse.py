@@ -13,6 +13,7 @@ from tests.engines.test_scheduler import (
     LONG_QUESTION,
     QUESTION,
     collect,
+    facts_of,
     fp32,
     manual_greedy,
     request,
@@ -43,8 +44,8 @@ def test_same_prompt_twice_reuses_all_but_the_last_token(fp32: LoadedModel, deco
                 for i in range(2)]
 
     first, second = run_engine(fp32, body, **CACHE)
-    assert all(e.cached_tokens == 0 for e in first[0])
-    assert all(e.cached_tokens == len(prompt) - 1 for e in second[0])
+    assert all(f.cached_tokens == 0 for f in facts_of(first[0]))
+    assert all(f.cached_tokens == len(prompt) - 1 for f in facts_of(second[0]))
     assert tokens_of(second[0]) == tokens_of(first[0]) == manual_greedy(decoder, prompt, 6)
 
 
@@ -60,7 +61,7 @@ def test_next_turn_reuses_prompt_and_reply(fp32: LoadedModel, decoder: Decoder, 
         return reply, await collect(engine.generate(request(turn2, request_id="t2", max_new_tokens=5))), turn2
 
     reply, second, turn2 = run_engine(fp32, body, **CACHE)
-    cached = second[0][0].cached_tokens
+    cached = facts_of(second[0])[0].cached_tokens
     # Everything fed to the model in turn 1 is reused: the prompt and the reply (bar its last token).
     assert cached >= len(prompt) + len(reply) - 1
     assert cached < len(turn2)
@@ -76,7 +77,7 @@ def test_diverging_prompts_share_their_common_prefix(fp32: LoadedModel, decoder:
         return await collect(engine.generate(request(b, request_id="b", max_new_tokens=4)))
 
     events = run_engine(fp32, body, **CACHE)[0]
-    assert events[0].cached_tokens == common
+    assert facts_of(events)[0].cached_tokens == common
     assert tokens_of(events) == manual_greedy(decoder, b, 4)
 
 
@@ -88,7 +89,7 @@ def test_cache_off_reports_zero(fp32: LoadedModel, chat_ids) -> None:
                 for i in range(2)]
 
     for result in run_engine(fp32, body, prefix_cache_bytes=0):
-        assert all(e.cached_tokens == 0 for e in result[0])
+        assert all(f.cached_tokens == 0 for f in facts_of(result[0]))
 
 
 def test_image_prompts_share_a_prefix_only_with_the_same_images(vl) -> None:
@@ -107,7 +108,7 @@ def test_image_prompts_share_a_prefix_only_with_the_same_images(vl) -> None:
     same = prompt(loaded, vision, [first_image])
     first_pad = same.index(vision.image_token_id)
     a, again, other = (r[0] for r in run_engine(loaded, body, **CACHE))
-    assert a[0].cached_tokens == 0
-    assert again[0].cached_tokens == len(same) - 1
+    assert facts_of(a)[0].cached_tokens == 0
+    assert facts_of(again)[0].cached_tokens == len(same) - 1
     assert tokens_of(again) == tokens_of(a)  # reused image KV and M-RoPE positions give the same output
-    assert other[0].cached_tokens == first_pad  # the text before the image, not the other image's tokens
+    assert facts_of(other)[0].cached_tokens == first_pad  # the text before the image, not the other image's tokens

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.settings import SchedulerSettings
-from engines.base import EngineError, EngineEvent, EngineRequest, SamplingParams
+from engines.base import EngineError, EngineEvent, EngineRequest, RequestFacts, SamplingParams
 from engines.embedded.decoder import Decoder
 from engines.embedded.engine import EmbeddedEngine
 from engines.embedded.loader import LoadedModel
@@ -93,7 +93,14 @@ def check_choice(events: list[EngineEvent], prompt_len: int) -> None:
     assert all(e.finish_reason is None for e in events[:-1])
     assert events[-1].finish_reason in ("stop", "length")
     assert all(len(e.token_ids) == 1 for e in events)
-    assert all(e.prompt_tokens == prompt_len for e in events)
+    assert all(f.prompt_tokens == prompt_len for f in facts_of(events))
+
+
+def facts_of(events: list[EngineEvent]) -> list[RequestFacts]:
+    """A choice's request facts: on its first and last events, and on no event between."""
+    assert events[0].facts is not None and events[-1].facts is not None
+    assert all(e.facts is None for e in events[1:-1])
+    return [e.facts for e in events if e.facts is not None]
 
 
 def test_model_info(fp32: LoadedModel) -> None:

@@ -231,7 +231,9 @@ class StandIn:
         tops: list[Any] = []
         top_logprobs = engine_req.top_logprobs
         stop = req_stop(req, index)
+        cached = 0
         async for event in self.engine.generate(engine_req):
+            cached = event.facts.cached_tokens if event.facts is not None else cached
             sent = len(out_ids)
             out_ids.extend(event.token_ids)
             text += event.text
@@ -248,7 +250,7 @@ class StandIn:
                 finish = API.FinishStop(matched=matched)
             start = sent if self.incremental else 0
             meta = API.GenerateMetaInfo(
-                id=rid, prompt_tokens=prompt_tokens, completion_tokens=len(out_ids), cached_tokens=event.cached_tokens,
+                id=rid, prompt_tokens=prompt_tokens, completion_tokens=len(out_ids), cached_tokens=cached,
                 finish_reason=finish,
                 output_token_logprobs=logprobs[start:] if req.return_logprob else None,
                 output_top_logprobs=tops[start:] if req.return_logprob and top_logprobs else [])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from app.sglang_backend import model_context_length
-from engines.base import EngineRequest, SamplingParams
+from engines.base import EngineRequest, RequestFacts, SamplingParams
 from engines.sglang.engine import RuntimeFacts, context_length_of
 from engines.sglang.wire import ReplyReader, generate_body
 from tests.sglang.standin import API
@@ -61,5 +61,5 @@ class _Tokenizer:
 def test_prompt_tokens_of_image_prompts_are_lodestars() -> None:
     chunk = json.dumps({"text": "x", "output_ids": [5], "meta_info": {
         "prompt_tokens": 12, "completion_tokens": 1, "finish_reason": {"type": "length"}}}).encode()
-    assert ReplyReader(_Tokenizer(), 1).read(chunk).prompt_tokens == 12
-    assert ReplyReader(_Tokenizer(), 1, prompt_tokens=300).read(chunk).prompt_tokens == 300
+    assert ReplyReader(_Tokenizer(), 1).read(chunk).facts == RequestFacts(12)
+    assert ReplyReader(_Tokenizer(), 1, prompt_tokens=300).read(chunk).facts == RequestFacts(300)

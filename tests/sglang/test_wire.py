@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from engines.base import Constraint, EngineError, EngineEvent, EngineRequest, SamplingParams, TokenLogprob
+from engines.base import (
+    Constraint,
+    EngineError,
+    EngineEvent,
+    EngineRequest,
+    RequestFacts,
+    SamplingParams,
+    TokenLogprob,
+)
 from engines.sglang.images import collapse_placeholders
 from engines.sglang.wire import (
     ReplyReader,
@@ -275,7 +283,7 @@ def test_stream_events_carry_only_new_tokens(incremental: bool) -> None:
     assert [e.text for e in events] == ["Hel", "lo world", "!"]
     assert [e.finish_reason for e in events] == [None, None, "stop"]
     assert all(e.index == 0 for e in events)
-    assert all(e.prompt_tokens == 11 and e.cached_tokens == 4 for e in events)
+    assert [e.facts for e in events] == [RequestFacts(11, 4), None, RequestFacts(11, 4)]  # first and last only
     assert all(e.logprobs is None for e in events)
     assert reader.done
 
