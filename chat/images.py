@@ -84,19 +84,11 @@ async def prepare_images(refs: list[ImageRef], settings: Settings, loader: Image
         for image, budget in zip(loaded, budgets, strict=True))))
 
 
-def expand_placeholders(prompt_ids: list[int], placeholder: int, images: list[EngineImage]) -> list[int]:
-    """Repeat the i-th placeholder token images[i].num_tokens times (the template writes it once)."""
+def check_placeholders(prompt_ids: list[int], placeholder: int, images: list[EngineImage]) -> None:
+    """One placeholder token per image, as the template writes them (the engine expands each to its image's
+    tokens); more of them means a message's text spelled one out."""
     found = prompt_ids.count(placeholder)
     if found != len(images):
-        # Only the template writes placeholders; more of them means a message's text spelled one out.
         raise APIError(400, f"The messages contain {found} image placeholder tokens for {len(images)} images: "
                        "message text must not contain the model's image placeholder token.",
                        param="messages", code="invalid_image_placeholder")
-    out: list[int] = []
-    sizes = iter(image.num_tokens for image in images)
-    for token in prompt_ids:
-        if token == placeholder:
-            out.extend([placeholder] * next(sizes))
-        else:
-            out.append(token)
-    return out

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chat.images import collect_images, expand_placeholders, prepare_images, refuse_placeholder_text
+from chat.images import check_placeholders, collect_images, prepare_images, refuse_placeholder_text
 from chat.reasoning import ReasoningMode, ReasoningSyntax, decide
 from chat.sessions import SessionTurn, continue_prompt
 from chat.template import PromptRenderer
@@ -21,7 +21,7 @@ from core.errors import APIError
 from core.protocol import ChatCompletionRequest, Message
 from core.replies import Usage
 from core.settings import Settings
-from engines.base import Engine, EngineError, EngineRequest, SamplingParams
+from engines.base import Engine, EngineError, EngineRequest, SamplingParams, prompt_size
 from multimodal.loader import ImageLoader
 from tools.checker import GrammarChecker
 from tools.request import ToolPlan, plan_tools
@@ -145,7 +145,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
         images = await prepare_images(refs, settings, served.images, served.engine)
 
     # A session that continues its stored conversation is rendered from its exact token ids (not for
-    # vision prompts, whose image tokens are expanded after rendering).
+    # vision prompts: their images are fetched and counted again each turn).
     history = session.history if session is not None and settings.sessions.continuation == "exact" and \
         info.image_token_id is None and not truncated else []
 
@@ -156,8 +156,8 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     prompt_ids = await asyncio.to_thread(render) if size > _INLINE_RENDER_CHARS or tools.template_tools or \
         history else render()
     if info.image_token_id is not None:
-        prompt_ids = expand_placeholders(prompt_ids, info.image_token_id, images)
-    max_new = _completion_budget(req, settings, info.context_length, len(prompt_ids))
+        check_placeholders(prompt_ids, info.image_token_id, images)
+    max_new = _completion_budget(req, settings, info.context_length, prompt_size(prompt_ids, images))
     stops = req.stop_strings()
     sampling = _sampling(req, settings, served, tools, max_new,
                          stops=tuple(stops) if reasoning is None or not reasoning.section else ())

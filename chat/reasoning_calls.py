@@ -99,7 +99,7 @@ async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncGe
     remaining = limit - len(generated)
     if remaining <= 0:
         yield EngineEvent(index=index, token_ids=[], text="", finish_reason="length",
-                          facts=RequestFacts(len(req.prompt_ids)))
+                          facts=RequestFacts(req.prompt_tokens))
         return
     stream = answer if answer is not None else engine.generate(_answer_call(req, index, generated))
     try:
@@ -107,7 +107,7 @@ async def _choice(engine: Engine, req: EngineRequest, index: int, first: AsyncGe
             # Counts of the original prompt: the answer call's prompt also holds the reasoning.
             facts = event.facts
             if facts is not None:
-                facts = RequestFacts(len(req.prompt_ids), min(facts.cached_tokens, len(req.prompt_ids)))
+                facts = RequestFacts(req.prompt_tokens, min(facts.cached_tokens, req.prompt_tokens))
             yield replace(event, index=index, facts=facts)
     finally:
         await stream.aclose()

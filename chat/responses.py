@@ -66,7 +66,7 @@ class Run:
                                      plan.tools.parser())
                         for i in range(plan.engine_request.n)]
         self.first_ids: list[int] = []  # choice 0's tokens, for sessions
-        self.prompt_tokens = len(plan.engine_request.prompt_ids)
+        self.prompt_tokens = plan.engine_request.prompt_tokens
         self.cached_tokens = 0
         self.started = time.perf_counter()
         engine, req = served.engine, plan.engine_request

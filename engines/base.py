@@ -93,6 +93,8 @@ class ThinkingBudget:
 @dataclass(slots=True)
 class EngineRequest:
     request_id: str
+    # The prompt as the template wrote it: one placeholder token per image, which the engine expands to the
+    # image's num_tokens (the embedded engine itself, SGLang in its worker).
     prompt_ids: list[int]
     sampling: SamplingParams
     n: int = 1
@@ -103,6 +105,15 @@ class EngineRequest:
     images: list[EngineImage] = field(default_factory=list)  # in prompt order
     constraint: Constraint | None = None
     thinking: ThinkingBudget | None = None  # only for engines whose `thinking_budgets` is true
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's size as the model sees it: each image's placeholder counts as its tokens."""
+        return prompt_size(self.prompt_ids, self.images)
+
+
+def prompt_size(prompt_ids: list[int], images: list[EngineImage]) -> int:
+    return len(prompt_ids) + sum(image.num_tokens - 1 for image in images)
 
 
 @dataclass(slots=True)

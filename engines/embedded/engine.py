@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from core.settings import SchedulerSettings
@@ -17,7 +18,7 @@ from engines.embedded.loader import LoadedModel
 from engines.embedded.prefix_cache import PrefixCache
 from engines.embedded.scheduler import Scheduler
 from engines.embedded.sequence import Group
-from engines.embedded.vision import QwenVision
+from engines.embedded.vision import QwenVision, expand_placeholders
 
 
 class EmbeddedEngine:
@@ -86,7 +87,19 @@ class EmbeddedEngine:
         if self._scheduler.waiting_count() >= self.max_queue:
             raise EngineError("the server is busy: the request queue is full; retry shortly",
                               status=429, code="queue_full", retry_after=1.0)
+        if req.images:
+            req = replace(req, prompt_ids=self._expanded(req))
         return self._events(req)
+
+    def _expanded(self, req: EngineRequest) -> list[int]:
+        """The prompt with each image's placeholder repeated as many times as the image takes tokens."""
+        if self.vision is None:
+            raise EngineError(f"the model {self.model_info.id!r} does not accept images", status=400,
+                              code="image_input_not_supported")
+        try:
+            return expand_placeholders(req.prompt_ids, self.vision.image_token_id, req.images)
+        except ValueError as exc:
+            raise EngineError(str(exc), status=400, code="invalid_image_placeholder") from None
 
     async def _events(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
         loop = asyncio.get_running_loop()

@@ -104,3 +104,18 @@ class QwenVision:
     def stats(self) -> dict[str, int]:
         with self._lock:
             return {"vision_cache_hits": self.hits, "vision_cache_misses": self.misses}
+
+
+def expand_placeholders(prompt_ids: list[int], placeholder: int, images: list[EngineImage]) -> list[int]:
+    """Repeat the i-th placeholder token images[i].num_tokens times (the template writes it once)."""
+    if prompt_ids.count(placeholder) != len(images):  # the pipeline refused such a prompt already
+        raise ValueError(f"the prompt has {prompt_ids.count(placeholder)} image placeholders for "
+                         f"{len(images)} images")
+    out: list[int] = []
+    sizes = iter(image.num_tokens for image in images)
+    for token in prompt_ids:
+        if token == placeholder:
+            out.extend([placeholder] * next(sizes))
+        else:
+            out.append(token)
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from engines.base import Constraint, EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
-from engines.sglang.images import QWEN_VL_TYPES, collapse_placeholders, prepare_qwen_vl
+from engines.sglang.images import QWEN_VL_TYPES, prepare_qwen_vl
 from engines.sglang.router import Router
 from engines.sglang.wire import ReplyReader, choice_rids, generate_body
 from engines.sglang.worker import Worker, WorkerUnreachable
@@ -163,11 +163,8 @@ class SGLangEngine:
         prompt: list[int] | str = req.prompt_ids
         image_urls = [image.data for image in req.images]
         if image_urls:
-            # SGLang expands images in text prompts: one placeholder each, as the template wrote it.
-            placeholder = self.model_info.image_token_id
-            assert placeholder is not None
-            prompt = self.tokenizer.decode(collapse_placeholders(req.prompt_ids, placeholder),
-                                           skip_special_tokens=False)
+            # SGLang expands the images of a text prompt: its placeholders, one per image, stay as they are.
+            prompt = self.tokenizer.decode(req.prompt_ids, skip_special_tokens=False)
         return generate_body(req, prompt=prompt, image_urls=image_urls)
 
     async def _events(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
@@ -180,7 +177,7 @@ class SGLangEngine:
                         "--enable-deterministic-inference: their sampling is not repeatable "
                         "(docs/deployment.md#what-reaches-the-workers); said once")
         # For image prompts the worker counts the text prompt's single placeholders: the count is ours.
-        reader = ReplyReader(self.tokenizer, req.n, prompt_tokens=len(req.prompt_ids) if req.images else None)
+        reader = ReplyReader(self.tokenizer, req.n, prompt_tokens=req.prompt_tokens if req.images else None)
         tried: list[str] = []
         retry_after = 5.0
         for worker in self.router.candidates(req.session_key):

@@ -31,13 +31,3 @@ def prepare_qwen_vl(image: Any, digest: str, pixel_budget: int) -> EngineImage:
     url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
     tokens = (height // _FACTOR) * (width // _FACTOR)
     return EngineImage(digest=f"{digest}:{width}x{height}", num_tokens=tokens, data=url)
-
-
-def collapse_placeholders(prompt_ids: list[int], placeholder: int) -> list[int]:
-    """Each run of image placeholders back to the single one the template wrote (SGLang expands it)."""
-    out: list[int] = []
-    for token in prompt_ids:
-        if token == placeholder and out and out[-1] == placeholder:
-            continue
-        out.append(token)
-    return out

@@ -100,7 +100,7 @@ def test_image_prompts_share_a_prefix_only_with_the_same_images(vl) -> None:
     async def body(engine: EmbeddedEngine):
         out = []
         for i, image in enumerate((first_image, first_image, other_image)):
-            req = request(prompt(loaded, vision, [image]), request_id=f"v{i}", max_new_tokens=3)
+            req = request(prompt(loaded, vision, [image], expanded=False), request_id=f"v{i}", max_new_tokens=3)
             req.images = [image]
             out.append(await collect(engine.generate(req)))
         return out

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from engines.base import EngineImage
 from engines.embedded.decoder import Decoder
 from engines.embedded.loader import load_model
-from engines.embedded.vision import QwenVision
+from engines.embedded.vision import QwenVision, expand_placeholders
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +27,23 @@ def noise(h: int, w: int, seed: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-def prompt(loaded, vision: QwenVision, images) -> list[int]:
+def prompt(loaded, vision: QwenVision, images, *, expanded: bool = True) -> list[int]:
+    """The chat template's prompt for these images: as the model sees it (each image's placeholder repeated
+    for its tokens), or with expanded=False as an EngineRequest carries it (one placeholder per image)."""
     tok = loaded.tokenizer
     parts = [{"type": "image"} for _ in images] + [{"type": "text", "text": "Describe."}]
     text = tok.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
                                    tokenize=False)
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    sizes = iter(image.num_tokens for image in images)
-    out: list[int] = []
-    for t in ids:
-        out.extend([t] * next(sizes) if t == vision.image_token_id else [t])
-    return out
+    return expand_placeholders(ids, vision.image_token_id, images) if expanded else ids
+
+
+def test_expand_placeholders_repeats_each_images_placeholder_for_its_tokens() -> None:
+    images = [EngineImage(digest="a", num_tokens=3, data=None), EngineImage(digest="b", num_tokens=1, data=None)]
+    assert expand_placeholders([5, 9, 6, 9, 7], 9, images) == [5, 9, 9, 9, 6, 9, 7]
+    assert expand_placeholders([1, 2], 9, []) == [1, 2]
+    with pytest.raises(ValueError, match="2 image placeholders for 1 images"):
+        expand_placeholders([9, 9], 9, images[:1])
 
 
 def test_token_count_follows_the_pixel_budget(vl):

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from engines.base import Constraint, EngineError, EngineRequest, SamplingParams
+from engines.embedded.vision import expand_placeholders
 
 
 def load_contract() -> ModuleType:
@@ -191,14 +192,14 @@ class StandIn:
             reported = len(ids)  # what the issue saw: the text prompt's count, placeholders not expanded
             for url in (image_data if isinstance(image_data, list) else [image_data] if image_data else []):
                 engine_images.append(await asyncio.to_thread(self._image, url))
-            if engine_images:
-                from chat.images import expand_placeholders
-
-                ids = expand_placeholders(ids, self.engine.model_info.image_token_id, engine_images)
         else:
             ids = list(prompt)
             reported = len(ids)
-        self.expanded_prompt_tokens.append(len(ids))
+        # The prompt's size as the model sees it: each placeholder expanded to its image's tokens (the engine
+        # below expands them itself, as SGLang's worker does).
+        expanded = expand_placeholders(ids, self.engine.model_info.image_token_id, engine_images) \
+            if engine_images else ids
+        self.expanded_prompt_tokens.append(len(expanded))
         constraint = _constraint(sp)
         if constraint is not None:
             await asyncio.to_thread(self.engine.prepare_constraint, constraint)

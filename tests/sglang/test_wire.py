@@ -20,7 +20,6 @@ from engines.base import (
     SamplingParams,
     TokenLogprob,
 )
-from engines.sglang.images import collapse_placeholders
 from engines.sglang.wire import (
     ReplyReader,
     choice_rids,
@@ -490,18 +489,6 @@ def test_error_message(payload: Any, expected: str) -> None:
 
 
 # -- images ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("ids", "expected"), [
-    ([5, 9, 9, 9, 6, 9, 9, 7], [5, 9, 6, 9, 7]),
-    ([9, 9, 1], [9, 1]),
-    ([1, 2, 3], [1, 2, 3]),
-    ([], []),
-    ([9], [9]),
-    ([1, 1, 9, 9], [1, 1, 9]),  # only the placeholder's runs collapse
-])
-def test_collapse_placeholders(ids: list[int], expected: list[int]) -> None:
-    assert collapse_placeholders(ids, 9) == expected
-
-
 def test_logit_bias_passes_sglangs_own_checks() -> None:
     """SGLang's SamplingParams (srt/sampling/sampling_params.py) reads the keys with int() and checks them against
     the vocabulary; the body must hold exactly what Lodestar validated, one copy per choice."""
