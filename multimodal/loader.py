@@ -89,7 +89,7 @@ class ImageLoader:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def stats(self) -> dict[str, int]:
-        """Cache counters: hits, misses (decodes started), shared (joined a running decode), entries."""
+        """Cache figures for /metrics: hits, misses (decodes started), shared (joined a running decode), entries."""
         return {"hits": self._hits, "misses": self._misses, "shared": self._shared, "entries": len(self._cache)}
 
     async def _bytes(self, url: str) -> bytes:
