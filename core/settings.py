@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -270,7 +270,3 @@ def build_settings(values: Mapping[str, Any]) -> Settings:
         raise SettingsError(f"invalid setting: {exc}") from exc
     settings.check()
     return settings
-
-
-def settings_keys() -> Sequence[str]:
-    return tuple(_FIELDS)

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings, SettingsError, add_flags, build_settings, load_settings, settings_keys
+from core.settings import Settings, SettingsError, add_flags, build_settings, load_settings
+
+
+def settings_keys() -> tuple[str, ...]:
+    """Every settings key: the fields of the Settings struct."""
+    return Settings.__struct_fields__
 
 
 def flags(*argv: str) -> argparse.Namespace:
