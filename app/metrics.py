@@ -122,6 +122,12 @@ class _StateCollector(Collector):
             for reason, count in sorted(served.images.failures.items()):
                 failures.add_metric([reason], float(count))
             yield failures
+            for name, value in served.images.stats().items():
+                metric = f"lodestar_image_cache_{name}"
+                doc = f"decoded-image cache figure '{name}' (see docs/observability.md)"
+                family = GaugeMetricFamily(metric, doc) if name == "entries" else CounterMetricFamily(metric, doc)
+                family.add_metric([], float(value))
+                yield family
 
 
 def metrics_middleware(app: ASGIApp) -> ASGIApp:

@@ -22,8 +22,8 @@ class ChoiceDelta:
 
 
 class ChoiceStream:
-    __slots__ = ("index", "stops", "_pending", "_emitted", "_received", "_tokens", "completion_tokens",
-                 "finished", "finish_reason", "text", "logprobs", "all_logprobs", "keep_logprobs", "stop_token_ids")
+    __slots__ = ("index", "stops", "_pending", "_emitted", "_received", "_tokens", "finished", "finish_reason",
+                 "text", "logprobs", "all_logprobs", "keep_logprobs", "stop_token_ids")
 
     def __init__(self, index: int, stops: list[str], keep_logprobs: bool,
                  stop_token_ids: tuple[int, ...] = ()) -> None:
@@ -34,7 +34,6 @@ class ChoiceStream:
         self._emitted = 0  # characters emitted so far
         self._received = 0  # characters received so far
         self._tokens: deque[tuple[int, TokenLogprob]] = deque()  # (start offset, entry) not yet released
-        self.completion_tokens = 0
         self.finished = False
         self.finish_reason: str | None = None
         self.text: list[str] = []  # everything emitted, for the non-streaming response
@@ -46,7 +45,6 @@ class ChoiceStream:
         """Consume one engine event; return what may be shown now."""
         if self.finished:
             return ChoiceDelta()
-        self.completion_tokens += len(event.token_ids)
         entries = event.logprobs
         if entries and event.finish_reason == "stop" and entries[-1].token_id in self.stop_token_ids:
             entries = entries[:-1]

@@ -42,23 +42,22 @@ class SessionTurn:
     messages: list[Message]  # this turn's whole conversation
     history: list[Message] = field(default_factory=list)  # the stored part it continues (empty: none)
     history_ids: list[int] = field(default_factory=list)  # the stored conversation's exact token ids
-    rule: str = "new"  # new | full_history | appended | rewrite
 
 
 def merge(stored: Transcript | None, messages: list[Message]) -> SessionTurn:
+    """This turn's conversation: the stored one continued (full history, or new messages only), or the
+    request's messages alone (a new session, or a rewrite)."""
     if stored is None or not stored.messages:
         return SessionTurn(messages=messages)
     incoming = [msgspec.to_builtins(m) for m in messages]
     old = [message_key(m) for m in stored.messages]
     new = [message_key(m) for m in incoming]
     history = msgspec.convert(stored.messages, list[Message])
-    if len(new) > len(old) and new[: len(old)] == old:
-        return SessionTurn(messages=[*history, *messages[len(old):]], history=history,
-                           history_ids=stored.token_ids, rule="full_history")
-    if all(m.get("role") in ("user", "tool") for m in incoming):
-        return SessionTurn(messages=[*history, *messages], history=history, history_ids=stored.token_ids,
-                           rule="appended")
-    return SessionTurn(messages=messages, rule="rewrite")
+    if len(new) > len(old) and new[: len(old)] == old:  # the full history, and more
+        return SessionTurn(messages=[*history, *messages[len(old):]], history=history, history_ids=stored.token_ids)
+    if all(m.get("role") in ("user", "tool") for m in incoming):  # new messages only
+        return SessionTurn(messages=[*history, *messages], history=history, history_ids=stored.token_ids)
+    return SessionTurn(messages=messages)  # a rewrite
 
 
 def continue_prompt(history_ids: list[int], history_text: str, full_text: str, end_of_turn: str | None,

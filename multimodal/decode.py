@@ -32,13 +32,6 @@ _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyEr
 
 def decode_image(data: bytes, *, pixel_budget: int, max_source_pixels: int) -> Image.Image:
     """An RGB image with width*height <= pixel_budget (never upscaled); raises ImageError."""
-    return decode_image_with_size(data, pixel_budget=pixel_budget, max_source_pixels=max_source_pixels)[0]
-
-
-def decode_image_with_size(
-    data: bytes, *, pixel_budget: int, max_source_pixels: int
-) -> tuple[Image.Image, tuple[int, int]]:
-    """Like decode_image, plus the source's (width, height) as displayed (after EXIF orientation)."""
     if pixel_budget < 1:
         raise ValueError("pixel_budget must be positive")
     try:
@@ -58,7 +51,7 @@ def decode_image_with_size(
         raise ImageError(f"{what} is corrupt or truncated ({_short(exc)})", INVALID_IMAGE) from None
 
 
-def _decode(data: bytes, pixel_budget: int, max_source_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+def _decode(data: bytes, pixel_budget: int, max_source_pixels: int) -> Image.Image:
     with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
         width, height = img.size
         if width < 1 or height < 1:
@@ -77,9 +70,7 @@ def _decode(data: bytes, pixel_budget: int, max_source_pixels: int) -> tuple[Ima
     rgb = _shrink(rgb, pixel_budget)
     if orientation in _ORIENTATION:
         rgb = rgb.transpose(_ORIENTATION[orientation])  # after shrinking: transposing fewer pixels
-        if orientation >= 5:
-            width, height = height, width
-    return rgb, (width, height)
+    return rgb
 
 
 def _orientation(img: Image.Image) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .data_url import decode_data_url
-from .decode import decode_image_with_size
+from .decode import decode_image
 from .errors import ImageError
 from .fetch import Resolver, fetch_image
 from .policy import ImagePolicy
@@ -22,7 +22,6 @@ from .sniff import require_format
 class LoadedImage:
     digest: str  # sha256 of the encoded bytes + ":" + pixel budget: the cache key
     image: Image.Image  # RGB, within the budget; shared between cache hits, so treat it as read-only
-    source_size: tuple[int, int]  # (width, height) of the source, upright
 
 
 class ImageLoader:
@@ -89,7 +88,7 @@ class ImageLoader:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def stats(self) -> dict[str, int]:
-        """Cache counters: hits, misses (decodes started), shared (joined a running decode), entries."""
+        """Cache figures for /metrics: hits, misses (decodes started), shared (joined a running decode), entries."""
         return {"hits": self._hits, "misses": self._misses, "shared": self._shared, "entries": len(self._cache)}
 
     async def _bytes(self, url: str) -> bytes:
@@ -102,9 +101,9 @@ class ImageLoader:
         return data
 
     async def _decode(self, key: str, data: bytes, pixel_budget: int) -> LoadedImage:
-        image, size = await asyncio.to_thread(
-            decode_image_with_size, data, pixel_budget=pixel_budget, max_source_pixels=self.policy.max_source_pixels)
-        loaded = LoadedImage(digest=key, image=image, source_size=size)
+        image = await asyncio.to_thread(
+            decode_image, data, pixel_budget=pixel_budget, max_source_pixels=self.policy.max_source_pixels)
+        loaded = LoadedImage(digest=key, image=image)
         if self.policy.cache_entries > 0:
             self._cache[key] = loaded
             self._cache.move_to_end(key)

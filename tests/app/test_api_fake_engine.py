@@ -6,7 +6,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from litestar.testing import TestClient
 from app.main import create_app
 from chat.pipeline import ServedModel
 from core.settings import Settings, build_settings
+from engines.base import EngineEvent, EngineRequest, RequestFacts
 from tests.fakes import DEFAULT_SCRIPT, EOS_ID, FakeEngine, FakeRenderer
 
 CHAT = "/v1/chat/completions"
@@ -477,6 +478,47 @@ def test_stop_strings_are_trimmed(client: TestClient, engine: FakeEngine, stream
     assert usage["completion_tokens"] == 3  # "Hello", ",", " world" were generated
     # The engine's stream was closed as soon as the stop string matched.
     assert engine.released == [engine.requests[0].request_id]
+
+
+class EventsEngine(FakeEngine):
+    """Sends the given (text, token ids) events as they are; the last one ends the choice by length."""
+
+    def __init__(self, events: list[tuple[str, list[int]]]) -> None:
+        super().__init__()
+        self.events = events
+
+    async def _events(self, req: EngineRequest) -> AsyncGenerator[EngineEvent, None]:
+        for i, (text, ids) in enumerate(self.events):
+            last = i == len(self.events) - 1
+            yield EngineEvent(index=0, token_ids=ids, text=text, finish_reason="length" if last else None,
+                              facts=RequestFacts(len(req.prompt_ids)) if i == 0 or last else None)
+
+
+SEVERAL = [("a", [1]), ("bc", [2, 3]), ("", [4]), ("E", [5])]  # several tokens in one event, one with no text yet
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("events", "content", "finish", "tokens"), [
+    (SEVERAL, "abcE", "length", 5),  # "E" was held back (it may begin "END") until the end
+    ([*SEVERAL, ("ND", [6, 7])], "abc", "stop", 7),  # the stop string's tokens were generated too
+    ([("x", [1])] * 9, "x" * 9, "length", 9),
+])
+def test_usage_counts_every_generated_token(stream: bool, events: list[tuple[str, list[int]]], content: str,
+                                            finish: str, tokens: int) -> None:
+    fields: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    with TestClient(make_app(EventsEngine(events))) as c:
+        r = c.post(CHAT, json=body(stop=["END"], **fields))
+    if stream:
+        chunks = sse_events(r)[:-1]
+        choices = [e["choices"][0] for e in chunks if e["choices"]]
+        text = "".join(choice["delta"].get("content") or "" for choice in choices)
+        reason, usage = choices[-1]["finish_reason"], chunks[-1]["usage"]
+    else:
+        data = r.json()
+        text, reason, usage = data["choices"][0]["message"]["content"], data["choices"][0]["finish_reason"], \
+            data["usage"]
+    assert (text, reason) == (content, finish)
+    assert usage["completion_tokens"] == tokens
 
 
 def test_stop_as_a_single_string(client: TestClient) -> None:

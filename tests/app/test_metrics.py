@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.main import create_app
+from chat.pipeline import ServedModel
+from core.settings import Settings
+from multimodal.loader import ImageLoader
+from multimodal.policy import ImagePolicy
 from tests.app.test_api_fake_engine import CHAT, SCRIPT_TOKENS, body, make_app
+from tests.fakes import FakeEngine, FakeRenderer
+from tests.multimodal.imaging import data_url, solid
 
 
 def scrape(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -74,3 +83,28 @@ def test_metrics_count_tool_call_schema_mismatches(monkeypatch) -> None:
         before = scrape(c)[("lodestar_tool_call_schema_mismatches_total", ())]
         monkeypatch.setattr(calls, "schema_mismatches", calls.schema_mismatches + 2)
         assert scrape(c)[("lodestar_tool_call_schema_mismatches_total", ())] == before + 2
+
+
+def test_metrics_show_the_image_cache_and_failures(tmp_path) -> None:
+    """A vision model's image loader: decoded-image cache figures and failures by reason, read at scrape time."""
+    engine = FakeEngine(vision=True)
+    images = ImageLoader(ImagePolicy())
+    served = ServedModel(engine=engine, renderer=FakeRenderer(engine.tokenizer),  # type: ignore[arg-type]
+                         fingerprint="fp_fake", images=images)
+    picture = data_url(solid("PNG", (16, 16)))
+
+    async def loads() -> None:
+        await asyncio.gather(images.load(picture, 1000), images.load(picture, 1000))  # one decode, shared
+        await images.load(picture, 1000)  # from the cache
+        await images.load(picture, 100)  # another budget: another entry
+        await asyncio.gather(images.load(data_url(b"not an image"), 1000), return_exceptions=True)
+
+    with TestClient(create_app(Settings(sessions_path=str(tmp_path / "db.sqlite3")), served)) as c:
+        assert scrape(c)[("lodestar_image_cache_entries", ())] == 0
+        asyncio.run(loads())
+        m = scrape(c)
+    assert m[("lodestar_image_cache_hits_total", ())] == 1
+    assert m[("lodestar_image_cache_misses_total", ())] == 2
+    assert m[("lodestar_image_cache_shared_total", ())] == 1
+    assert m[("lodestar_image_cache_entries", ())] == 2
+    assert m[("lodestar_image_failures_total", (("reason", "invalid_image"),))] == 1

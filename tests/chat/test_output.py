@@ -197,9 +197,9 @@ def test_logprobs_of_tokens_that_only_produced_stop_text_are_dropped() -> None:
     assert [e.token_id for d in deltas for e in d.logprobs] == [1, 2]
     assert [e.token_id for e in stream.logprobs] == [1, 2]
     assert deltas[-1].finish_reason == "stop"
-    # Every sampled token still counts for confidence_score and usage.
+    # Every sampled token still counts for confidence_score (and for usage: tests/app/test_api_fake_engine.py::
+    # test_usage_counts_every_generated_token).
     assert len(stream.all_logprobs) == 4
-    assert stream.completion_tokens == 4
 
 
 def test_stop_at_the_very_start_shows_no_text_and_no_logprobs() -> None:
@@ -231,16 +231,13 @@ def test_token_with_empty_text_keeps_its_logprob() -> None:
     assert stream.full_text == "é"
 
 
-def test_completion_tokens_counts_every_token_fed() -> None:
+def test_events_of_several_tokens_or_none() -> None:
+    """Token counts are the response's (usage: tests/app/test_api_fake_engine.py::
+    test_usage_counts_every_generated_token); the text does not depend on them."""
     stream = ChoiceStream(0, ["END"], keep_logprobs=False)
     stream.feed(event("a", token_ids=[1]))
     stream.feed(event("bc", token_ids=[2, 3]))  # several tokens in one event
     stream.feed(event("", token_ids=[4]))  # a token with no text yet
     stream.feed(event("E", token_ids=[5]))  # held back
-    assert stream.completion_tokens == 5
-    stream.feed(event("ND", token_ids=[6, 7]))  # the stop string's tokens were generated too
-    assert stream.completion_tokens == 7
-    assert stream.full_text == "abc"
-
-    stream, _ = run(["x"] * 9, [], final="length")
-    assert stream.completion_tokens == 9
+    stream.feed(event("ND", token_ids=[6, 7]))
+    assert stream.full_text == "abc" and stream.finish_reason == "stop"

@@ -36,28 +36,37 @@ def stored(*items: dict[str, Any], token_ids: list[int] | None = None) -> Transc
 
 
 # --- merge -------------------------------------------------------------------------------------------
+# What the pipeline does with a turn: renders its messages, and continues history_ids when it has any. A new
+# session and a rewrite look the same: the request's messages alone, nothing stored to continue.
 
 
-def test_new_session_keeps_messages() -> None:
-    messages = msgs(SYSTEM, HI)
-    turn = merge(None, messages)
-    assert turn.rule == "new"
+def assert_alone(turn: SessionTurn, messages: list[Message]) -> None:
+    """A new session or a rewrite: the request's messages, continuing nothing stored."""
     assert turn.messages is messages
     assert turn.history == [] and turn.history_ids == []
 
 
+def assert_continues(turn: SessionTurn, old: Transcript, added: list[Message]) -> None:
+    """The stored conversation with `added` after it, continuing the stored token ids."""
+    assert builtins(turn.messages) == [*old.messages, *builtins(added)]
+    assert builtins(turn.history) == old.messages
+    assert turn.history_ids == old.token_ids
+
+
+def test_new_session_keeps_messages() -> None:
+    messages = msgs(SYSTEM, HI)
+    assert_alone(merge(None, messages), messages)
+
+
 def test_empty_stored_conversation_is_new() -> None:
     messages = msgs(HI)
-    turn = merge(Transcript(owner="o", session_id="s"), messages)
-    assert turn.rule == "new" and turn.messages is messages
+    assert_alone(merge(Transcript(owner="o", session_id="s"), messages), messages)
 
 
 def test_full_history() -> None:
     old = stored(SYSTEM, HI, YO, token_ids=[5, 6, 7])
     turn = merge(old, msgs(SYSTEM, HI, YO, AGAIN))
-    assert turn.rule == "full_history"
-    assert builtins(turn.messages) == [*old.messages, *builtins(msgs(AGAIN))]
-    assert builtins(turn.history) == old.messages
+    assert_continues(turn, old, msgs(AGAIN))  # only what follows the stored conversation is added
     assert turn.history_ids == [5, 6, 7]
 
 
@@ -65,7 +74,7 @@ def test_full_history_ignores_reasoning_sent_back_or_not() -> None:
     old = stored(HI, YO)
     client_yo = {"role": "assistant", "content": "yo"}  # the client dropped reasoning_content
     turn = merge(old, msgs(HI, client_yo, AGAIN))
-    assert turn.rule == "full_history"
+    assert_continues(turn, old, msgs(AGAIN))
     # The stored reply (with its reasoning) is what the turn continues from.
     assert turn.messages[1].reasoning_content == "say yo"
     assert message_key(builtins(msgs(YO))[0]) == message_key(builtins(msgs(client_yo))[0])
@@ -76,56 +85,50 @@ def test_tool_call_ids_do_not_matter_names_and_arguments_do() -> None:
     result = {"role": "tool", "content": "sunny", "tool_call_id": "call_server"}
     old = stored(HI, reply)
     same = {"role": "assistant", "content": "", "tool_calls": [call("call_client")]}
-    assert merge(old, msgs(HI, same, result)).rule == "full_history"
+    assert_continues(merge(old, msgs(HI, same, result)), old, msgs(result))
 
     other_name = {"role": "assistant", "content": None, "tool_calls": [call("call_server", name="get_time")]}
     other_args = {"role": "assistant", "content": None,
                   "tool_calls": [call("call_server", arguments='{"city": "Bergen"}')]}
     for changed in (other_name, other_args):
-        turn = merge(old, msgs(HI, changed, result))
-        assert turn.rule == "rewrite"
+        new = msgs(HI, changed, result)
+        assert_alone(merge(old, new), new)
 
 
 def test_only_user_and_tool_messages_are_appended() -> None:
     old = stored(HI, YO, token_ids=[9, 8])
     new = msgs(AGAIN, {"role": "tool", "content": "x", "tool_call_id": "c1"})
     turn = merge(old, new)
-    assert turn.rule == "appended"
-    assert builtins(turn.messages) == [*old.messages, *builtins(new)]
-    assert builtins(turn.history) == old.messages
+    assert_continues(turn, old, new)  # all of the request's messages are added
     assert turn.history_ids == [9, 8]
 
 
 def test_edited_earlier_message_rewrites() -> None:
     old = stored(SYSTEM, HI, YO)
     new = msgs(SYSTEM, {"role": "user", "content": "hello"}, YO, AGAIN)
-    turn = merge(old, new)
-    assert turn.rule == "rewrite"
-    assert turn.messages is new
-    assert turn.history == [] and turn.history_ids == []
+    assert_alone(merge(old, new), new)
 
 
 def test_new_system_prompt_rewrites() -> None:
     old = stored(SYSTEM, HI, YO)
     new = msgs({"role": "system", "content": "be verbose"}, HI, YO, AGAIN)
-    turn = merge(old, new)
-    assert turn.rule == "rewrite" and turn.messages is new and turn.history_ids == []
+    assert_alone(merge(old, new), new)
     # A system prompt alone is not a "new messages only" request either.
-    assert merge(old, msgs({"role": "system", "content": "x"}, AGAIN)).rule == "rewrite"
+    alone = msgs({"role": "system", "content": "x"}, AGAIN)
+    assert_alone(merge(old, alone), alone)
 
 
 def test_same_conversation_resent_rewrites() -> None:
     # docs/sessions.md: "the same conversation sent again with nothing new" is a rewrite.
     old = stored(HI, YO)
     new = msgs(HI, YO)
-    turn = merge(old, new)
-    assert turn.rule == "rewrite"
-    assert turn.messages is new and turn.history_ids == []
+    assert_alone(merge(old, new), new)
 
 
 def test_shorter_request_with_assistant_rewrites() -> None:
     old = stored(HI, YO, AGAIN, YO)
-    assert merge(old, msgs(HI, YO)).rule == "rewrite"
+    new = msgs(HI, YO)
+    assert_alone(merge(old, new), new)
 
 
 # --- continue_prompt ---------------------------------------------------------------------------------

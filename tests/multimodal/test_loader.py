@@ -37,9 +37,9 @@ def load_error(loader: ImageLoader, url: str, code: str) -> ImageError:
 def test_data_url_image():
     loaded = load(ImageLoader(POLICY), data_url(PNG), budget=1200)
     assert loaded.digest == f"{hashlib.sha256(PNG).hexdigest()}:1200"
-    assert loaded.source_size == (80, 60)
     assert loaded.image.mode == "RGB" and loaded.image.size == (40, 30)
     assert close_to(loaded.image.getpixel((1, 1)), GREEN)
+    assert load(ImageLoader(POLICY), data_url(PNG)).image.size == (80, 60)  # the source's size: never upscaled
 
 
 def test_declared_type_must_match_the_bytes():
@@ -53,7 +53,7 @@ def test_data_url_that_is_not_an_image():
 
 def test_fetched_image_is_judged_by_its_bytes(origin):
     loader = ImageLoader(POLICY)
-    assert load(loader, origin.url("/mislabelled")).source_size == (40, 30)  # served as text/html
+    assert load(loader, origin.url("/mislabelled")).image.size == (40, 30)  # served as text/html
     err = load_error(loader, origin.url("/text"), "invalid_image")
     assert err.message == f"the content at {origin.url('/text')} is not a PNG, JPEG, WebP or GIF image"
 
@@ -68,13 +68,13 @@ def test_resolver_is_used(origin):
         return ["127.0.0.1"]
 
     loader = ImageLoader(ImagePolicy(private_hosts=("img.example.test",)), resolve=resolve)
-    assert load(loader, origin.url("/image.png", host="img.example.test")).source_size == (40, 30)
+    assert load(loader, origin.url("/image.png", host="img.example.test")).image.size == (40, 30)
 
 
 def test_cache_hits_skip_decoding(origin, monkeypatch):
     decodes = []
-    real = loader_module.decode_image_with_size
-    monkeypatch.setattr(loader_module, "decode_image_with_size", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    real = loader_module.decode_image
+    monkeypatch.setattr(loader_module, "decode_image", lambda *a, **k: decodes.append(1) or real(*a, **k))
     loader = ImageLoader(POLICY)
     first = load(loader, data_url(IMAGE))
     again = load(loader, origin.url("/image.png"))  # same bytes from another source: same key
@@ -112,14 +112,14 @@ def test_failures_are_not_cached():
 def test_concurrent_loads_share_one_decode(monkeypatch):
     decodes = []
     gate = threading.Event()
-    real = loader_module.decode_image_with_size
+    real = loader_module.decode_image
 
     def slow_decode(*args, **kwargs):
         decodes.append(1)
         gate.wait(5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loader_module, "decode_image_with_size", slow_decode)
+    monkeypatch.setattr(loader_module, "decode_image", slow_decode)
     loader = ImageLoader(POLICY)
 
     async def body():
@@ -137,8 +137,10 @@ def test_concurrent_loads_share_one_decode(monkeypatch):
 def test_load_all_keeps_order():
     loader = ImageLoader(POLICY)
     results = run(loader.load_all([(data_url(PNG), 1_000_000), (data_url(JPEG, "image/jpeg"), 300)]))
-    assert [r.source_size for r in results] == [(80, 60), (80, 60)]
-    assert results[1].image.size[0] * results[1].image.size[1] <= 300
+    assert [r.digest for r in results] == [f"{hashlib.sha256(PNG).hexdigest()}:1000000",
+                                           f"{hashlib.sha256(JPEG).hexdigest()}:300"]
+    assert [r.image.size for r in results] == [(80, 60), (20, 15)]  # 80x60 within each budget
+    assert close_to(results[0].image.getpixel((1, 1)), GREEN) and close_to(results[1].image.getpixel((1, 1)), RED)
     assert run(loader.load_all([])) == []
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageFile
 from PIL.JpegImagePlugin import JpegImageFile
 
-from multimodal.decode import decode_image, decode_image_with_size
+from multimodal.decode import decode_image
 from multimodal.errors import ImageError
 from multimodal.sniff import MEDIA_TYPES, require_format, sniff_format
 
@@ -72,8 +72,8 @@ def test_decode_each_format_to_rgb(fmt):
 
 
 def test_downscale_keeps_aspect_and_budget():
-    img, size = decode_image_with_size(solid("PNG", (400, 300)), pixel_budget=10_000, max_source_pixels=LIMIT)
-    assert size == (400, 300)
+    img = decode(solid("PNG", (400, 300)), budget=10_000)
+    assert decode(solid("PNG", (400, 300)), budget=120_000).size == (400, 300)  # the whole source fits
     assert img.size[0] * img.size[1] <= 10_000
     assert abs(img.size[0] / img.size[1] - 4 / 3) < 0.05
 
@@ -123,9 +123,8 @@ def test_sixteen_bit_grey_is_scaled_not_clipped():
     (3, (60, 40), BLUE, RED),
 ])
 def test_exif_orientation_is_applied(orientation, size, top_left, bottom_right):
-    img, source = decode_image_with_size(jpeg_with_orientation(orientation), pixel_budget=10_000,
-                                         max_source_pixels=LIMIT)
-    assert img.size == size and source == size
+    img = decode(jpeg_with_orientation(orientation), budget=10_000)
+    assert img.size == size  # the whole source (60x40 fits the budget), upright
     assert close_to(img.getpixel((2, 2)), top_left)
     assert close_to(img.getpixel((size[0] - 3, size[1] - 3)), bottom_right)
 
