@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from chat.pipeline import ServedModel
-from core.settings import Settings
+from core.settings import build_settings
 from multimodal.loader import ImageLoader
 from multimodal.policy import ImagePolicy
 from tests.app.test_api_fake_engine import CHAT, SCRIPT_TOKENS, body, make_app
@@ -99,7 +99,7 @@ def test_metrics_show_the_image_cache_and_failures(tmp_path) -> None:
         await images.load(picture, 100)  # another budget: another entry
         await asyncio.gather(images.load(data_url(b"not an image"), 1000), return_exceptions=True)
 
-    with TestClient(create_app(Settings(sessions_path=str(tmp_path / "db.sqlite3")), served)) as c:
+    with TestClient(create_app(build_settings({"sessions_path": str(tmp_path / "db.sqlite3")}), served)) as c:
         assert scrape(c)[("lodestar_image_cache_entries", ())] == 0
         asyncio.run(loads())
         m = scrape(c)
