@@ -6,7 +6,6 @@ import hashlib
 import logging
 
 from chat.families import detect_family
-from chat.images import image_policy
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
 from chat.template import PromptRenderer
@@ -31,7 +30,7 @@ def build_served_model(settings: Settings) -> ServedModel:
     family = detect_family(loaded.model.config.model_type, loaded.tokenizer.chat_template)
     renderer = PromptRenderer(loaded.tokenizer, family, vision=loaded.vision)
     engine = EmbeddedEngine(loaded, scheduler=settings.scheduler, context_length=settings.backend.context_length)
-    images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None
+    images = ImageLoader(settings.images) if engine.model_info.vision else None
     fingerprint = "fp_" + hashlib.sha256(
         f"{loaded.model_id}:{settings.backend.quantize}".encode()).hexdigest()[:10]
     log.info("serving %s (family %s, context %d, %s)", loaded.model_id, family.name,

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from chat.families import detect_family
-from chat.images import image_policy
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
 from chat.template import PromptRenderer
@@ -57,7 +56,7 @@ def build_sglang_model(settings: Settings) -> ServedModel:
         log.info("the SGLang workers stream cumulative output_ids (each event repeats the reply so far); "
                  "--incremental-streaming-output makes relaying cheaper (docs/deployment.md)")
     renderer = PromptRenderer(tokenizer, family, vision=engine.model_info.vision)
-    images = ImageLoader(image_policy(settings)) if engine.model_info.vision else None
+    images = ImageLoader(settings.images) if engine.model_info.vision else None
     fingerprint = "fp_" + hashlib.sha256(f"sglang:{facts.model_id}".encode()).hexdigest()[:10]
     log.info("serving %s from %d SGLang worker(s) (family %s, context %d)", facts.model_id, len(urls),
              family.name, engine.model_info.context_length)

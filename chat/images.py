@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 from core.errors import APIError
 from core.protocol import ImagePart, Message, TextPart
-from core.settings import Settings
+from core.settings import ImageSettings
 from engines.base import Engine, EngineImage
 from multimodal.errors import ImageError
 from multimodal.loader import ImageLoader
-from multimodal.policy import ImagePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,22 +53,11 @@ def refuse_placeholder_text(messages: list[Message], placeholders: tuple[str, ..
                                param=param, code="invalid_image_placeholder")
 
 
-def pixel_budget(detail: str, settings: Settings) -> int:
-    return {"low": settings.images.pixels_low, "high": settings.images.pixels_high}.get(
-        detail, settings.images.pixels_auto)
+def pixel_budget(detail: str, settings: ImageSettings) -> int:
+    return {"low": settings.pixels_low, "high": settings.pixels_high}.get(detail, settings.pixels_auto)
 
 
-def image_policy(settings: Settings) -> ImagePolicy:
-    return ImagePolicy(
-        allow_http=settings.images.allow_http, allow_hosts=settings.images.allow_hosts,
-        deny_hosts=settings.images.deny_hosts, private_hosts=settings.images.private_hosts,
-        media_dir=settings.images.media_dir, connect_timeout_s=settings.images.connect_timeout_s,
-        fetch_timeout_s=settings.images.fetch_timeout_s, max_bytes=settings.images.max_bytes,
-        max_redirects=settings.images.max_redirects, max_source_pixels=settings.images.max_source_pixels,
-        cache_entries=settings.images.cache_entries)
-
-
-async def prepare_images(refs: list[ImageRef], settings: Settings, loader: ImageLoader,
+async def prepare_images(refs: list[ImageRef], settings: ImageSettings, loader: ImageLoader,
                          engine: Engine) -> list[EngineImage]:
     """Fetch or decode every image concurrently, then patchify them for the engine, off the event loop."""
     budgets = [pixel_budget(ref.detail, settings) for ref in refs]

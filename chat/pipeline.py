@@ -142,7 +142,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     if refs:
         assert served.images is not None  # validation refused images for a model without vision
         refuse_placeholder_text(messages, renderer.family.image_placeholders)
-        images = await prepare_images(refs, settings, served.images, served.engine)
+        images = await prepare_images(refs, settings.images, served.images, served.engine)
 
     # A session that continues its stored conversation is rendered from its exact token ids (not for
     # vision prompts: their images are fetched and counted again each turn).

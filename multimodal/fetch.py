@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from core.settings import ImageSettings
+
 from .addresses import LOOPBACK, IPAddress, is_localhost_name, parse_ip_literal, refusal_reason
 from .errors import (
     IMAGE_FETCH_FAILED,
@@ -30,7 +32,7 @@ from .errors import (
     clip,
 )
 from .media_files import read_media_file
-from .policy import ImagePolicy, host_matches
+from .policy import host_matches
 from .sniff import sniff_format
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -48,7 +50,7 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def fetch_image(url: str, policy: ImagePolicy, *, resolve: Resolver | None = None,
+async def fetch_image(url: str, policy: ImageSettings, *, resolve: Resolver | None = None,
                       verify: ssl.SSLContext | None = None) -> bytes:
     """The encoded bytes at an https/http/file URL, within the policy's limits; raises ImageError.
 
@@ -64,7 +66,7 @@ async def fetch_image(url: str, policy: ImagePolicy, *, resolve: Resolver | None
                          IMAGE_FETCH_TIMEOUT) from None
 
 
-async def _fetch(url: str, policy: ImagePolicy, resolve: Resolver, verify: ssl.SSLContext | None) -> bytes:
+async def _fetch(url: str, policy: ImageSettings, resolve: Resolver, verify: ssl.SSLContext | None) -> bytes:
     current = _parse(url)
     if current.scheme == "file":
         return await read_media_file(url, policy)
@@ -124,7 +126,7 @@ def _parse(url: str | httpx.URL) -> httpx.URL:
     return parsed
 
 
-def _check_url(url: httpx.URL, policy: ImagePolicy, *, redirected: bool) -> None:
+def _check_url(url: httpx.URL, policy: ImageSettings, *, redirected: bool) -> None:
     """Scheme, userinfo, host syntax and host lists; addresses are checked separately."""
     scheme = url.scheme
     if scheme not in ("http", "https"):
@@ -155,7 +157,7 @@ def _check_url(url: httpx.URL, policy: ImagePolicy, *, redirected: bool) -> None
                          IMAGE_URL_REFUSED)
 
 
-async def _checked_addresses(url: httpx.URL, policy: ImagePolicy, resolve: Resolver, *,
+async def _checked_addresses(url: httpx.URL, policy: ImageSettings, resolve: Resolver, *,
                              redirected: bool) -> list[IPAddress]:
     """The addresses to connect to, each vetted; a literal is used as is, a localhost name is loopback, any
     other name is resolved once."""

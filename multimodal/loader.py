@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from core.settings import ImageSettings
+
 from .data_url import decode_data_url
 from .decode import decode_image
 from .errors import ImageError
 from .fetch import Resolver, fetch_image
-from .policy import ImagePolicy
 from .sniff import require_format
 
 
@@ -27,7 +28,7 @@ class LoadedImage:
 class ImageLoader:
     """Loads images under one policy; equal bytes at equal budget are decoded once and then cached (LRU)."""
 
-    def __init__(self, policy: ImagePolicy, resolve: Resolver | None = None, *,
+    def __init__(self, policy: ImageSettings, resolve: Resolver | None = None, *,
                  verify: ssl.SSLContext | None = None) -> None:
         self.policy = policy
         self._resolve = resolve

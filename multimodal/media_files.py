@@ -7,11 +7,12 @@ import os
 import stat
 import urllib.parse
 
+from core.settings import ImageSettings
+
 from .errors import IMAGE_FETCH_FAILED, IMAGE_TOO_LARGE, IMAGE_URL_REFUSED, INVALID_IMAGE_URL, ImageError, clip
-from .policy import ImagePolicy
 
 
-async def read_media_file(url: str, policy: ImagePolicy) -> bytes:
+async def read_media_file(url: str, policy: ImageSettings) -> bytes:
     """The bytes of a file: URL inside policy.media_dir; raises ImageError otherwise."""
     if policy.media_dir is None:
         raise ImageError("file: image URLs are not enabled on this server", IMAGE_URL_REFUSED)

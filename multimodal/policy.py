@@ -1,24 +1,6 @@
-"""What the image fetcher may do: schemes, hosts, sizes and time limits, in one immutable value."""
+"""Host names as the image fetcher compares them (its bounds are core.settings.ImageSettings)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True, slots=True)
-class ImagePolicy:
-    allow_http: bool = True
-    allow_hosts: tuple[str, ...] = ()  # empty: any public host; otherwise only these
-    deny_hosts: tuple[str, ...] = ()
-    # Hosts (names or IP literals as written in the URL) that may resolve to non-public addresses.
-    private_hosts: tuple[str, ...] = ()
-    media_dir: str | None = None  # enables file: URLs inside this folder only
-    connect_timeout_s: float = 5.0
-    fetch_timeout_s: float = 20.0  # total: DNS, connect, every redirect and the body
-    max_bytes: int = 20 * 1024 * 1024  # encoded size, for fetched bodies, data URLs and files alike
-    max_redirects: int = 3
-    max_source_pixels: int = 40_000_000  # decompression-bomb bound, checked from the header
-    cache_entries: int = 64
 
 
 def normalize_host(host: str) -> str:

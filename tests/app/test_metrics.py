@@ -9,9 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from chat.pipeline import ServedModel
-from core.settings import build_settings
+from core.settings import ImageSettings, build_settings
 from multimodal.loader import ImageLoader
-from multimodal.policy import ImagePolicy
 from tests.app.test_api_fake_engine import CHAT, SCRIPT_TOKENS, body, make_app
 from tests.fakes import FakeEngine, FakeRenderer
 from tests.multimodal.imaging import data_url, solid
@@ -88,7 +87,7 @@ def test_metrics_count_tool_call_schema_mismatches(monkeypatch) -> None:
 def test_metrics_show_the_image_cache_and_failures(tmp_path) -> None:
     """A vision model's image loader: decoded-image cache figures and failures by reason, read at scrape time."""
     engine = FakeEngine(vision=True)
-    images = ImageLoader(ImagePolicy())
+    images = ImageLoader(ImageSettings())
     served = ServedModel(engine=engine, renderer=FakeRenderer(engine.tokenizer),  # type: ignore[arg-type]
                          fingerprint="fp_fake", images=images)
     picture = data_url(solid("PNG", (16, 16)))

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from core.settings import ImageSettings
 from multimodal.errors import ImageError
 from multimodal.fetch import fetch_image
-from multimodal.policy import ImagePolicy
 
 from .conftest import run
 
 # The local origin is on 127.0.0.1, which only an explicit private_hosts entry makes fetchable.
-LOCAL = ImagePolicy(private_hosts=("127.0.0.1",), connect_timeout_s=2.0, fetch_timeout_s=5.0)
+LOCAL = ImageSettings(private_hosts=("127.0.0.1",), connect_timeout_s=2.0, fetch_timeout_s=5.0)
 
 
-def fetch(url: str, policy: ImagePolicy = LOCAL, **kwargs) -> bytes:
+def fetch(url: str, policy: ImageSettings = LOCAL, **kwargs) -> bytes:
     return run(fetch_image(url, policy, **kwargs))
 
 
-def fails(code: str, url: str, policy: ImagePolicy = LOCAL, **kwargs) -> ImageError:
+def fails(code: str, url: str, policy: ImageSettings = LOCAL, **kwargs) -> ImageError:
     with pytest.raises(ImageError) as info:
         fetch(url, policy, **kwargs)
     assert info.value.code == code, info.value.message

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
+from core.settings import ImageSettings
 from multimodal.fetch import _transport_error
-from multimodal.policy import ImagePolicy
 
 from .conftest import TLS_NAME
 from .fetching import FakeResolver, fails, fetch
@@ -29,7 +29,7 @@ def test_one_redirect_too_many(origin):
 
 
 def test_redirects_can_be_turned_off(origin):
-    policy = ImagePolicy(private_hosts=("127.0.0.1",), max_redirects=0)
+    policy = ImageSettings(private_hosts=("127.0.0.1",), max_redirects=0)
     assert fetch(origin.url("/image.png"), policy) == IMAGE
     fails(FAILED, origin.url("/redirect/1"), policy)
 
@@ -75,7 +75,7 @@ def test_non_image_bodies_are_dropped_after_the_first_chunk(origin):
 
 def test_idna_hosts(origin):
     resolver = FakeResolver(["127.0.0.1"])
-    policy = ImagePolicy(private_hosts=("bücher.example.test",))
+    policy = ImageSettings(private_hosts=("bücher.example.test",))
     assert fetch(origin.url("/image.png", host="bücher.example.test"), policy, resolve=resolver) == IMAGE
     assert resolver.calls == [("xn--bcher-kva.example.test", origin.port)]
     (_, headers), = origin.requests
@@ -87,7 +87,7 @@ def test_chunked_body_without_content_length(origin):
 
 
 def test_declared_length_over_the_limit_is_refused_before_reading(origin):
-    policy = ImagePolicy(private_hosts=("127.0.0.1",), max_bytes=1024 * 1024)
+    policy = ImageSettings(private_hosts=("127.0.0.1",), max_bytes=1024 * 1024)
     err = fails(TOO_LARGE, origin.url("/huge"), policy)
     url = origin.url("/huge")
     assert err.message == f"the image at {url} is larger than 1048576 bytes (Content-Length {HUGE})"
@@ -96,7 +96,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(origin):
 
 
 def test_streamed_body_is_abandoned_once_over_the_limit(origin):
-    policy = ImagePolicy(private_hosts=("127.0.0.1",), max_bytes=1024 * 1024)
+    policy = ImageSettings(private_hosts=("127.0.0.1",), max_bytes=1024 * 1024)
     started = time.monotonic()
     err = fails(TOO_LARGE, origin.url("/huge-chunked"), policy)
     assert err.message == f"the image at {origin.url('/huge-chunked')} is larger than 1048576 bytes"
@@ -112,7 +112,7 @@ def test_default_limit_is_20_mib(origin):
 
 
 def test_slow_origin_hits_the_total_timeout(origin):
-    policy = ImagePolicy(private_hosts=("127.0.0.1",), fetch_timeout_s=0.5)
+    policy = ImageSettings(private_hosts=("127.0.0.1",), fetch_timeout_s=0.5)
     started = time.monotonic()
     err = fails(TIMEOUT, origin.url("/slow?delay=3"), policy)
     assert err.message == f"fetching the image at {origin.url('/slow?delay=3')} took longer than 0.5 s"
@@ -133,7 +133,7 @@ def test_connect_timeout_is_reported_as_a_timeout():
 
 def test_tls_uses_the_name_for_sni_and_verification(tls_origin, client_tls):
     resolver = FakeResolver(["127.0.0.1"])
-    policy = ImagePolicy(private_hosts=(TLS_NAME,), fetch_timeout_s=5.0)
+    policy = ImageSettings(private_hosts=(TLS_NAME,), fetch_timeout_s=5.0)
     url = tls_origin.url("/image.png", host=TLS_NAME, scheme="https")
     assert fetch(url, policy, resolve=resolver, verify=client_tls) == IMAGE
     assert tls_origin.sni == [TLS_NAME]
@@ -143,7 +143,7 @@ def test_tls_uses_the_name_for_sni_and_verification(tls_origin, client_tls):
 
 def test_tls_certificate_for_another_name_is_rejected(tls_origin, client_tls):
     resolver = FakeResolver(["127.0.0.1"])
-    policy = ImagePolicy(private_hosts=("other.example.test",), fetch_timeout_s=5.0)
+    policy = ImageSettings(private_hosts=("other.example.test",), fetch_timeout_s=5.0)
     url = tls_origin.url("/image.png", host="other.example.test", scheme="https")
     err = fails(FAILED, url, policy, resolve=resolver, verify=client_tls)
     assert "could not connect to other.example.test" in err.message
@@ -153,5 +153,5 @@ def test_tls_certificate_for_another_name_is_rejected(tls_origin, client_tls):
 
 def test_tls_with_the_default_trust_store_rejects_a_private_ca(tls_origin):
     resolver = FakeResolver(["127.0.0.1"])
-    policy = ImagePolicy(private_hosts=(TLS_NAME,), fetch_timeout_s=5.0)
+    policy = ImageSettings(private_hosts=(TLS_NAME,), fetch_timeout_s=5.0)
     fails(FAILED, tls_origin.url("/image.png", host=TLS_NAME, scheme="https"), policy, resolve=resolver)

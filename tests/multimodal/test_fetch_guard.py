@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.settings import ImageSettings
 from multimodal.errors import ImageError
-from multimodal.policy import ImagePolicy
 
 from .fetching import FakeResolver, fails, fetch
 from .origin import IMAGE
 
 REFUSED = "image_url_refused"
 INVALID = "invalid_image_url"
-DEFAULT = ImagePolicy(connect_timeout_s=2.0, fetch_timeout_s=5.0)
+DEFAULT = ImageSettings(connect_timeout_s=2.0, fetch_timeout_s=5.0)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "0x7f.1", "0x7f000001", "127.1", "[::ffff:127.0.0.1]"])
@@ -72,14 +72,14 @@ def test_malformed_dotted_hosts_stay_invalid(origin, host):
 
 def test_a_trailing_dot_reaches_a_private_host_as_written_without_it(origin):
     assert fetch(origin.url("/image.png", host="127.0.0.1.")) == IMAGE  # LOCAL lists 127.0.0.1
-    policy = ImagePolicy(private_hosts=("localhost",), connect_timeout_s=2.0, fetch_timeout_s=5.0)
+    policy = ImageSettings(private_hosts=("localhost",), connect_timeout_s=2.0, fetch_timeout_s=5.0)
     resolver = FakeResolver(["10.9.9.9"])
     assert fetch(origin.url("/image.png", host="localhost."), policy, resolve=resolver) == IMAGE
     assert resolver.calls == []  # loopback by definition, connected to 127.0.0.1
 
 
 def test_deny_hosts_match_a_trailing_dot(origin):
-    policy = ImagePolicy(private_hosts=("127.0.0.1",), deny_hosts=("127.0.0.1", "localhost"))
+    policy = ImageSettings(private_hosts=("127.0.0.1",), deny_hosts=("127.0.0.1", "localhost"))
     err = fails(REFUSED, origin.url("/image.png", host="127.0.0.1."), policy)
     assert "not allowed on this server" in err.message
     fails(REFUSED, origin.url("/image.png", host="localhost."), policy)
@@ -116,7 +116,7 @@ def test_private_hosts_match_the_host_as_written(origin):
 def test_connection_goes_to_the_checked_address(origin):
     # A rebinding resolver: the first answer is checked, a second lookup would give another address.
     resolver = FakeResolver(["127.0.0.1"], ["127.0.0.2"])
-    policy = ImagePolicy(private_hosts=("img.example.test",), fetch_timeout_s=5.0)
+    policy = ImageSettings(private_hosts=("img.example.test",), fetch_timeout_s=5.0)
     assert fetch(origin.url("/image.png", host="img.example.test"), policy, resolve=resolver) == IMAGE
     assert len(resolver.calls) == 1
     (_, headers), = origin.requests
@@ -126,7 +126,7 @@ def test_connection_goes_to_the_checked_address(origin):
 def test_each_redirect_hop_is_resolved_and_pinned_anew(origin):
     # Hop two resolves to 127.0.0.2, where nothing listens: the fetch must go there, not reuse hop one.
     resolver = FakeResolver(["127.0.0.1"], ["127.0.0.2"])
-    policy = ImagePolicy(private_hosts=("img.example.test",), fetch_timeout_s=5.0)
+    policy = ImageSettings(private_hosts=("img.example.test",), fetch_timeout_s=5.0)
     err = fails("image_fetch_failed", origin.url("/redirect/1", host="img.example.test"), policy, resolve=resolver)
     assert "could not connect to img.example.test (127.0.0.2)" in err.message
     assert len(resolver.calls) == 2
@@ -152,7 +152,7 @@ def test_redirect_to_an_internal_address_is_refused(origin, target):
     ("http://exa mple.com/", INVALID),
 ])
 def test_redirect_to_other_schemes_is_refused(origin, tmp_path, location, code):
-    policy = ImagePolicy(private_hosts=("127.0.0.1",), media_dir=str(tmp_path))
+    policy = ImageSettings(private_hosts=("127.0.0.1",), media_dir=str(tmp_path))
     fails(code, origin.url(f"/redirect-to?location={location}"), policy)
 
 
@@ -210,7 +210,7 @@ def test_userinfo_is_refused(origin):
 
 
 def test_http_can_be_disabled(origin):
-    err = fails(REFUSED, origin.url("/image.png"), ImagePolicy(allow_http=False, private_hosts=("127.0.0.1",)))
+    err = fails(REFUSED, origin.url("/image.png"), ImageSettings(allow_http=False, private_hosts=("127.0.0.1",)))
     assert "https" in err.message
 
 
@@ -219,7 +219,7 @@ def test_file_urls_need_a_media_dir():
 
 
 def test_deny_hosts(origin):
-    policy = ImagePolicy(private_hosts=("127.0.0.1", "img.example.test"), deny_hosts=("127.0.0.1", "*.example.test"))
+    policy = ImageSettings(private_hosts=("127.0.0.1", "img.example.test"), deny_hosts=("127.0.0.1", "*.example.test"))
     fails(REFUSED, origin.url("/image.png"), policy)
     fails(REFUSED, origin.url("/image.png", host="0x7f.1"), policy)  # the canonical address is denied too
     resolver = FakeResolver(["127.0.0.1"])
@@ -230,7 +230,7 @@ def test_deny_hosts(origin):
 
 
 def test_allow_hosts(origin):
-    policy = ImagePolicy(allow_hosts=("*.example.test",), private_hosts=("127.0.0.1", "img.example.test"))
+    policy = ImageSettings(allow_hosts=("*.example.test",), private_hosts=("127.0.0.1", "img.example.test"))
     resolver = FakeResolver(["127.0.0.1"])
     assert fetch(origin.url("/image.png", host="img.example.test"), policy, resolve=resolver) == IMAGE
     err = fails(REFUSED, origin.url("/image.png"), policy)
@@ -239,7 +239,7 @@ def test_allow_hosts(origin):
 
 
 def test_allow_hosts_apply_to_redirects(origin):
-    policy = ImagePolicy(allow_hosts=("img.example.test",), private_hosts=("img.example.test",))
+    policy = ImageSettings(allow_hosts=("img.example.test",), private_hosts=("img.example.test",))
     resolver = FakeResolver(["127.0.0.1"])
     target = f"http://127.0.0.1:{origin.port}/image.png"
     fails(REFUSED, origin.url(f"/redirect-to?location={target}", host="img.example.test"), policy, resolve=resolver)
@@ -257,7 +257,7 @@ def test_slow_resolution_counts_against_the_total_timeout():
         await asyncio.sleep(30)
         return []
 
-    policy = ImagePolicy(fetch_timeout_s=0.3)
+    policy = ImageSettings(fetch_timeout_s=0.3)
     err = fails("image_fetch_timeout", "https://slow-dns.example.test/a.png", policy, resolve=hang)
     assert "took longer than 0.3 s" in err.message
 

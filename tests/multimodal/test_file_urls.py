@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from multimodal.policy import ImagePolicy
+from core.settings import ImageSettings
 
 from .fetching import fails, fetch
 from .imaging import solid
@@ -24,8 +24,8 @@ def media(tmp_path):
     return folder
 
 
-def policy(folder, **kwargs) -> ImagePolicy:
-    return ImagePolicy(media_dir=str(folder), **kwargs)
+def policy(folder, **kwargs) -> ImageSettings:
+    return ImageSettings(media_dir=str(folder), **kwargs)
 
 
 def test_file_inside_the_media_dir(media):
@@ -56,7 +56,7 @@ def test_media_dir_reached_through_a_symlink(media, tmp_path):
 
 
 def test_not_configured():
-    err = fails("image_url_refused", "file:///etc/hostname", ImagePolicy())
+    err = fails("image_url_refused", "file:///etc/hostname", ImageSettings())
     assert err.message == "file: image URLs are not enabled on this server"
 
 

@@ -10,15 +10,15 @@ import time
 import pytest
 
 import multimodal.loader as loader_module
+from core.settings import ImageSettings
 from multimodal.errors import ImageError
 from multimodal.loader import ImageLoader, LoadedImage
-from multimodal.policy import ImagePolicy
 
 from .conftest import run
 from .imaging import GREEN, RED, close_to, data_url, solid
 from .origin import IMAGE
 
-POLICY = ImagePolicy(private_hosts=("127.0.0.1",), fetch_timeout_s=5.0)
+POLICY = ImageSettings(private_hosts=("127.0.0.1",), fetch_timeout_s=5.0)
 PNG = solid("PNG", (80, 60), GREEN)
 JPEG = solid("JPEG", (80, 60), RED)
 
@@ -59,7 +59,7 @@ def test_fetched_image_is_judged_by_its_bytes(origin):
 
 
 def test_fetch_errors_pass_through(origin):
-    load_error(ImageLoader(ImagePolicy()), origin.url("/image.png"), "image_url_refused")
+    load_error(ImageLoader(ImageSettings()), origin.url("/image.png"), "image_url_refused")
     load_error(ImageLoader(POLICY), origin.url("/status/404"), "image_fetch_failed")
 
 
@@ -67,7 +67,7 @@ def test_resolver_is_used(origin):
     async def resolve(host: str, port: int) -> list[str]:
         return ["127.0.0.1"]
 
-    loader = ImageLoader(ImagePolicy(private_hosts=("img.example.test",)), resolve=resolve)
+    loader = ImageLoader(ImageSettings(private_hosts=("img.example.test",)), resolve=resolve)
     assert load(loader, origin.url("/image.png", host="img.example.test")).image.size == (40, 30)
 
 
@@ -85,7 +85,7 @@ def test_cache_hits_skip_decoding(origin, monkeypatch):
 
 
 def test_cache_is_lru_bounded():
-    loader = ImageLoader(ImagePolicy(cache_entries=2))
+    loader = ImageLoader(ImageSettings(cache_entries=2))
     images = [data_url(solid("PNG", (8 + i, 8))) for i in range(3)]
     for url in images:
         load(loader, url)
@@ -95,7 +95,7 @@ def test_cache_is_lru_bounded():
 
 
 def test_cache_can_be_disabled():
-    loader = ImageLoader(ImagePolicy(cache_entries=0))
+    loader = ImageLoader(ImageSettings(cache_entries=0))
     load(loader, data_url(PNG))
     load(loader, data_url(PNG))
     assert loader.stats()["hits"] == 0 and loader.stats()["entries"] == 0
