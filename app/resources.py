@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from core.replies import ListObject
+
 
 class Session(msgspec.Struct):
     id: str
@@ -39,9 +41,8 @@ class KeyUsage(msgspec.Struct):
     object: str = "key_usage"
 
 
-class KeyUsageList(msgspec.Struct):
-    data: list[KeyUsage]
-    object: str = "list"
+class KeyUsageList(ListObject[KeyUsage]):
+    """GET /v1/admin/usage."""
 
 
 class Health(msgspec.Struct):

@@ -3,11 +3,13 @@ Structs, and the one JSON encoder that writes them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from core.protocol import ToolCall
+
+Item = TypeVar("Item")
 
 
 class TopLogprob(msgspec.Struct):
@@ -117,9 +119,15 @@ class ModelCard(msgspec.Struct):
     object: str = "model"
 
 
-class ModelList(msgspec.Struct):
-    data: list[ModelCard]
+class ListObject(msgspec.Struct, Generic[Item]):
+    """OpenAI's list envelope: {"data": [...], "object": "list"}."""
+
+    data: list[Item]
     object: str = "list"
+
+
+class ModelList(ListObject[ModelCard]):
+    """GET /v1/models."""
 
 
 class ErrorBody(msgspec.Struct):
