@@ -7,7 +7,8 @@ import math
 import sys
 
 from app import logs
-from core.settings import SettingsError, add_flags, load_settings
+from core.config import add_flags, load_settings
+from core.settings import SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:

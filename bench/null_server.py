@@ -19,7 +19,7 @@ from app.main import create_app
 from chat.families import detect_family
 from chat.pipeline import ServedModel
 from chat.template import PromptRenderer
-from core.settings import build_settings
+from core.config import build_settings
 from engines.base import EngineEvent, EngineRequest, ModelInfo
 
 

@@ -17,7 +17,8 @@ from litestar.testing import TestClient
 
 from app.main import create_app
 from chat.pipeline import ServedModel
-from core.settings import Settings, build_settings
+from core.config import build_settings
+from core.settings import Settings
 from engines.base import EngineEvent, EngineRequest, RequestFacts
 from tests.fakes import DEFAULT_SCRIPT, EOS_ID, FakeEngine, FakeRenderer
 

@@ -104,7 +104,8 @@ def test_admin_routes_are_off_without_admin_keys() -> None:
 
 
 def test_admin_and_api_keys_must_differ() -> None:
-    from core.settings import SettingsError, build_settings
+    from core.config import build_settings
+    from core.settings import SettingsError
 
     with pytest.raises(SettingsError, match="admin key"):
         build_settings({"api_keys": ["same"], "admin_keys": ["same"]})

@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from chat.pipeline import ServedModel
-from core.settings import ImageSettings, build_settings
+from core.config import build_settings
+from core.settings import ImageSettings
 from multimodal.loader import ImageLoader
 from tests.app.test_api_fake_engine import CHAT, SCRIPT_TOKENS, body, make_app
 from tests.fakes import FakeEngine, FakeRenderer

@@ -19,7 +19,8 @@ from litestar.testing import TestClient
 from schemathesis import checks
 
 from app.openapi import document
-from core.settings import Settings, build_settings
+from core.config import build_settings
+from core.settings import Settings
 from tests.app.test_api_fake_engine import make_app
 
 KEY = "sk-openapi"

@@ -15,7 +15,7 @@ from app.main import create_app
 from chat.families import FAMILIES
 from chat.pipeline import ServedModel
 from chat.reasoning import ReasoningSyntax
-from core.settings import build_settings
+from core.config import build_settings
 from engines.base import EngineRequest
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, sse_events
 from tests.fakes import DEFAULT_SCRIPT, FakeEngine, FakeRenderer, FakeTokenizer

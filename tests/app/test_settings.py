@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import FLAT_KEYS, SECTIONS, Settings, SettingsError, add_flags, build_settings, load_settings
+from core.config import FLAT_KEYS, SECTIONS, add_flags, build_settings, load_settings
+from core.settings import Settings, SettingsError
 
 
 def settings_keys() -> list[str]:
