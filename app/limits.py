@@ -104,7 +104,7 @@ class KeyLimiter:
 
 
 class Permit:
-    """One admitted request: a RunObserver that meters its usage, released once it has ended."""
+    """One admitted request: it meters the request's usage once it has ended, and is released then."""
 
     __slots__ = ("limiter", "state", "released")
 
@@ -112,12 +112,6 @@ class Permit:
         self.limiter = limiter
         self.state = state
         self.released = False
-
-    def queued(self, seconds: float) -> None:
-        pass
-
-    def token_latency(self, seconds: float, *, first: bool) -> None:
-        pass
 
     def finished(self, usage: Usage) -> None:
         spent = usage.prompt_tokens + usage.completion_tokens

@@ -1,15 +1,15 @@
 """GET /metrics in Prometheus' text format: requests, token timings, tokens, and the engine's own figures.
 
 Each app has its own registry (tests build many apps in one process). Request counts come from a
-middleware, token timings and usage from the chat pipeline's RunObserver hook, and everything the engine
-and the image loader count is read at scrape time, so nothing is counted twice.
+middleware; token timings and usage of each finished request are recorded by the chat route; everything
+the engine and the image loader count is read at scrape time, so nothing is counted twice.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from litestar import Response, get
@@ -48,33 +48,21 @@ class Metrics:
                               registry=self.registry)
         self.registry.register(_StateCollector(state))
 
-    def observer(self) -> RequestObserver:
-        return RequestObserver(self)
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-class RequestObserver:
-    """The chat pipeline's RunObserver for one request."""
-
-    __slots__ = ("metrics",)
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def queued(self, seconds: float) -> None:
-        self.metrics.queue_wait.observe(seconds)
-
-    def token_latency(self, seconds: float, *, first: bool) -> None:
-        (self.metrics.ttft if first else self.metrics.itl).observe(seconds)
-
-    def finished(self, usage: Usage) -> None:
-        tokens = self.metrics.tokens
+    def record_request(self, queued_s: float | None, token_gaps: Sequence[float], usage: Usage) -> None:
+        """A finished request's timings (its wait for a batch slot, then the time to its first token event
+        and the gaps between the others) and its tokens."""
+        if queued_s is not None:
+            self.queue_wait.observe(queued_s)
+        for i, gap in enumerate(token_gaps):
+            (self.itl if i else self.ttft).observe(gap)
+        tokens = self.tokens
         tokens.labels("prompt").inc(usage.prompt_tokens)
         tokens.labels("completion").inc(usage.completion_tokens)
         tokens.labels("cached").inc(usage.prompt_tokens_details.cached_tokens)
         tokens.labels("reasoning").inc(usage.completion_tokens_details.reasoning_tokens)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class _StateCollector(Collector):

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from chat.images import check_placeholders, collect_images, prepare_images, refuse_placeholder_text
 from chat.reasoning import ReasoningMode, ReasoningSyntax, decide
@@ -58,18 +58,6 @@ class Plan:
     confidence: bool
     tools: ToolPlan = field(default_factory=ToolPlan)
     reasoning: ReasoningMode | None = None  # set when the output starts inside a reasoning section
-    observers: list[RunObserver] = field(default_factory=list)  # token timings and final usage (metrics, limits)
-
-
-class RunObserver(Protocol):
-    def queued(self, seconds: float) -> None:
-        """How long the request waited for a batch slot, if the engine says."""
-
-    def token_latency(self, seconds: float, *, first: bool) -> None:
-        """Time to the first token (first=True), then each gap between the engine's token events."""
-
-    def finished(self, usage: Usage) -> None:
-        """Once per request, also when it failed or the client went away: what it consumed."""
 
 
 @dataclass(slots=True)
@@ -113,11 +101,10 @@ async def checked_stages(req: ChatCompletionRequest, settings: Settings, served:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Who sent a request and what watches it: facts of the route that the plan carries to the engine."""
+    """Who sent a request: facts of the route that the plan carries to the engine."""
 
     tenant: str | None = None  # the key's digest: the engine shares its batch fairly between keys
     session_key: str | None = None  # a routing hint (SGLang): the same session, the same worker and cache
-    observers: list[RunObserver] = field(default_factory=list)  # metrics, the key's usage meter
 
 
 async def plan_request(req: ChatCompletionRequest, settings: Settings, served: ServedModel,
@@ -173,8 +160,7 @@ async def plan_request(req: ChatCompletionRequest, settings: Settings, served: S
     return Plan(request_id=request_id, created=int(time.time()), model=model_id,
                 engine_request=engine_request, stops=stops, stream=bool(req.stream),
                 include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning,
-                observers=list(origin.observers))
+                logprobs=bool(req.logprobs), confidence=confidence, tools=tools, reasoning=reasoning)
 
 
 def _render(renderer: PromptRenderer, messages: list[Message], tools: list[dict[str, Any]] | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,8 @@ class Run:
         self.prompt_tokens = plan.engine_request.prompt_tokens
         self.cached_tokens = 0
         self.started = time.perf_counter()
+        self.queued_s: float | None = None  # the wait for a batch slot, if the engine said
+        self.token_gaps = array("d")  # seconds to the first token event, then between token events
         engine, req = served.engine, plan.engine_request
         if req.thinking is not None and not engine.thinking_budgets:
             self._stream = generate_with_budget(engine, req)  # raises now if not admitted
@@ -76,31 +79,25 @@ class Run:
             self._stream = engine.generate(req)
 
     async def events(self) -> AsyncIterator[tuple[ChoiceOutput, EngineEvent]]:
-        stream, observers = self._stream, self.plan.observers
-        last = None
-        queued_seen = False
+        stream, gaps = self._stream, self.token_gaps
+        last = self.started
         try:
             async for event in stream:
                 facts = event.facts
                 if facts is not None:
                     self.prompt_tokens = facts.prompt_tokens or self.prompt_tokens
                     self.cached_tokens = max(self.cached_tokens, facts.cached_tokens)
-                    if facts.queued_s is not None and not queued_seen:
-                        queued_seen = True
-                        for observer in observers:
-                            observer.queued(facts.queued_s)
-                if observers and event.token_ids:
+                    if self.queued_s is None:
+                        self.queued_s = facts.queued_s
+                if event.token_ids:
                     now = time.perf_counter()
-                    for observer in observers:
-                        observer.token_latency(now - (self.started if last is None else last), first=last is None)
+                    gaps.append(now - last)
                     last = now
                 yield self.outputs[event.index], event
                 if all(out.finished for out in self.outputs):
                     break
         finally:
             await stream.aclose()  # stops the engine's work for a request that ends early
-            for observer in observers:
-                observer.finished(self.usage())
 
     def process(self, out: ChoiceOutput, event: EngineEvent) -> tuple[str, ChoiceDelta, list[str | ParsedCall]]:
         """Feed one event to its choice: reasoning is split off first, then the answer goes through stop

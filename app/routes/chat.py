@@ -14,6 +14,7 @@ from litestar.response import Stream
 from app.auth import Caller, caller_of
 from app.limits import Permit
 from app.logs import REQUEST_ID
+from app.metrics import Metrics
 from app.routes.served import served_model
 from app.streaming import GuardedStream, sse_stream
 from chat import pipeline, responses
@@ -96,14 +97,14 @@ async def chat_completions(request: Request, state: State) -> Response[bytes] | 
 class RequestScope:
     """What one chat request holds while it runs: its key's permit (the per-key limits) and, with
     X-Session-ID, its session's lease (one request per session) and the turn it adds. Acquired together;
-    the turn stored once; released together, once, by whichever comes first: the response's end, the
-    stream's end or a failure."""
+    the turn stored once; the run metered once when it has ended; released together, once, by whichever
+    comes first: the response's end, the stream's end or a failure."""
 
-    __slots__ = ("caller", "permit", "lease", "turn", "_stored", "_released")
+    __slots__ = ("caller", "permit", "lease", "turn", "_stored", "_metered", "_released")
 
     def __init__(self, caller: Caller, permit: Permit, lease: Lease | None, turn: SessionTurn | None) -> None:
         self.caller, self.permit, self.lease, self.turn = caller, permit, lease, turn
-        self._stored = self._released = False
+        self._stored = self._metered = self._released = False
 
     @classmethod
     async def enter(cls, state: State, caller: Caller, session_id: str | None,
@@ -131,6 +132,16 @@ class RequestScope:
             await lease.commit(next_transcript(lease.owner, lease.session_id, lease.transcript, self.turn,
                                                reply.message, reply.token_ids, reply.usage))
 
+    def meter(self, run: responses.Run, metrics: Metrics) -> None:
+        """The run has ended (finished, failed or cut off): its usage counts against the key and in the
+        metrics, with its timings."""
+        if self._metered:
+            return
+        self._metered = True
+        usage = run.usage()
+        self.permit.finished(usage)
+        metrics.record_request(run.queued_s, run.token_gaps, usage)
+
     def release(self) -> None:
         if self._released:
             return
@@ -142,8 +153,7 @@ class RequestScope:
 
 async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel, model_id: str,
                    scope: RequestScope) -> Response[bytes] | Stream:
-    origin = pipeline.Origin(tenant=scope.caller.tenant, session_key=scope.session_key,
-                             observers=[state.metrics.observer(), scope.permit])
+    origin = pipeline.Origin(tenant=scope.caller.tenant, session_key=scope.session_key)
     plan = await pipeline.plan_request(req, state.settings, served, model_id, state.grammar_checker,
                                        session=scope.turn, origin=origin)
     REQUEST_ID.set(plan.request_id)  # from here on the request's log lines carry the id the client is given
@@ -155,22 +165,26 @@ async def _respond(req: ChatCompletionRequest, state: State, served: ServedModel
     except EngineError as exc:
         raise exc.as_api_error() from None
     if plan.stream:
-        return GuardedStream(sse_stream(_stored_and_released(run, scope), plan.request_id), on_end=scope.release,
+        return GuardedStream(sse_stream(_stored_and_released(run, scope, state.metrics), plan.request_id),
+                             on_end=scope.release,
                              media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         completion = await responses.complete(run)
     except EngineError as exc:
         raise exc.as_api_error() from None
+    finally:
+        scope.meter(run, state.metrics)
     await scope.store(run)
     return Response(encode(completion), media_type="application/json", headers=headers)
 
 
-async def _stored_and_released(run: responses.Run, scope: RequestScope) -> AsyncGenerator[Any, None]:
+async def _stored_and_released(run: responses.Run, scope: RequestScope,
+                               metrics: Metrics) -> AsyncGenerator[Any, None]:
     """The run's chunks. The turn is stored before the client sees the end (a reply it got is never missing
-    from its session), or, if the stream ends early, with what was sent; the scope is released once the
-    chunks have ended, before [DONE] goes out (a client that sends its session's next turn on [DONE] finds
-    the session free)."""
+    from its session), or, if the stream ends early, with what was sent; the run is metered and the scope
+    released once the chunks have ended, before [DONE] goes out (a client that sends its session's next
+    turn on [DONE] finds the session free)."""
     chunks = responses.stream(run)
     try:
         async for chunk in chunks:
@@ -181,4 +195,5 @@ async def _stored_and_released(run: responses.Run, scope: RequestScope) -> Async
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
             await scope.store(run)
+        scope.meter(run, metrics)
         scope.release()
