@@ -20,7 +20,7 @@ from chat.families import detect_family
 from chat.pipeline import ServedModel
 from chat.template import PromptRenderer
 from core.config import build_settings
-from engines.base import EngineEvent, EngineRequest, ModelInfo
+from engines.base import EngineEvent, EngineRequest, ModelInfo, RequestFacts
 
 
 class NullEngine:
@@ -36,9 +36,10 @@ class NullEngine:
         count = req.sampling.max_new_tokens
         for index in range(req.n):
             for i in range(count):
+                last = i == count - 1
                 yield EngineEvent(index=index, token_ids=[self._token_id], text=self._text,
-                                  finish_reason="length" if i == count - 1 else None,
-                                  prompt_tokens=len(req.prompt_ids))
+                                  finish_reason="length" if last else None,
+                                  facts=RequestFacts(len(req.prompt_ids)) if i == 0 or last else None)
 
     async def abort(self, request_id: str) -> None:
         return None
