@@ -127,13 +127,6 @@ class EmbeddedEngine:
             group.aborted = remaining > 0
             self._groups.pop(req.request_id, None)
 
-    async def abort(self, request_id: str) -> None:
-        """Stop the request's work now; whoever still reads its events gets an `aborted` error."""
-        group = self._groups.get(request_id)
-        if group is not None:
-            group.aborted = True
-            group.emit(EngineError("the request was aborted", status=503, code="aborted"))
-
     async def close(self) -> None:
         self._closed = True
         for group in list(self._groups.values()):

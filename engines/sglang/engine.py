@@ -142,11 +142,6 @@ class SGLangEngine:
     def forget_session(self, session_key: str) -> None:
         """Nothing to drop: the workers' RadixAttention caches evict on their own."""
 
-    async def abort(self, request_id: str) -> None:
-        active = self._active.get(request_id)
-        if active is not None:
-            await active[0].abort(active[1])
-
     async def close(self) -> None:
         self._closed = True
         if self._monitor is not None:

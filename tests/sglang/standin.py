@@ -73,6 +73,7 @@ class StandIn:
     aborted: list[str] = field(default_factory=list)
     expanded_prompt_tokens: list[int] = field(default_factory=list)  # each prompt's size, images expanded
     connections: set[tuple[str, int]] = field(default_factory=set)  # the clients' (host, port): one per TCP connection
+    _abort_requested: set[str] = field(default_factory=set)  # rids named by /abort_request
 
     # -- ASGI --------------------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -112,7 +113,8 @@ class StandIn:
         if method == "POST" and path == "/abort_request":
             rid = json.loads(body or b"{}").get("rid")
             self.aborted.append(rid)
-            await self.engine.abort(rid)
+            for one in rid if isinstance(rid, list) else [rid]:
+                self._abort_requested.add(one)
             return await _json(send, 200, {})
         if method in ("POST", "PUT") and path == "/generate":
             return await self._generate(scope, body, send)
@@ -234,6 +236,8 @@ class StandIn:
         stop = req_stop(req, index)
         cached = 0
         async for event in self.engine.generate(engine_req):
+            if rid in self._abort_requested:  # SGLang ends an aborted choice with an abort finish
+                raise EngineError("the request was aborted", status=503, code="aborted")
             cached = event.facts.cached_tokens if event.facts is not None else cached
             sent = len(out_ids)
             out_ids.extend(event.token_ids)
