@@ -38,7 +38,6 @@ class RuntimeFacts:
     vision: bool
     grammar_backend: str | None  # "llguidance" is the one that reads Lodestar's grammars
     strict_thinking: bool  # --enable-strict-thinking (not used: see SGLangEngine.thinking_budgets)
-    reasoning_parser: str | None
     deterministic: bool  # --enable-deterministic-inference: only then does sampling_seed take effect
     incremental: bool  # --incremental-streaming-output: each event holds only its new output_ids
 
@@ -54,7 +53,6 @@ def read_facts(url: str, fallback_id: str, *, api_key: str | None = None) -> Run
         vision=bool(model.get("has_image_understanding")),
         grammar_backend=server.get("grammar_backend"),
         strict_thinking=bool(server.get("enable_strict_thinking")),
-        reasoning_parser=model.get("reasoning_parser") or server.get("reasoning_parser"),
         deterministic=bool(server.get("enable_deterministic_inference")),
         incremental=bool(server.get("incremental_streaming_output")))
 

@@ -17,7 +17,7 @@ from engines.sglang.wire import ReplyReader, generate_body
 from tests.sglang.standin import API
 
 FACTS = RuntimeFacts(model_id="m", context_length=0, max_input_tokens=0, vision=False, grammar_backend="llguidance",
-                     strict_thinking=False, reasoning_parser=None, deterministic=False, incremental=False)
+                     strict_thinking=False, deterministic=False, incremental=False)
 
 
 @pytest.mark.parametrize(("config", "expected"), [
