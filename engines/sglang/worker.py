@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -59,15 +59,8 @@ class Worker:
                     if response.status_code != 200:
                         raise await self._refusal(response)
                     self.mark_up()
-                    done = False
-                    async for line in response.aiter_lines():  # to the body's end: the connection is reused
-                        if done or not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            done = True
-                            continue
-                        yield data.encode()
+                    async for data in sse_payloads(response.aiter_bytes()):  # to the body's end: the
+                        yield data                                            # connection is then reused
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self.mark_down(f"cannot connect: {exc}")
                 raise WorkerUnreachable(f"the SGLang worker at {self.url} is unreachable", status=503,
@@ -123,3 +116,32 @@ class Worker:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+async def sse_payloads(pieces: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """The `data:` payloads of an SSE body as bytes, up to `[DONE]` (what follows is read, not yielded).
+    Split on bytes: no decoding of the body to text and back; a line cut across reads is joined once."""
+    done = False
+    held: list[bytes] = []  # the start of a line whose end has not come yet
+    async for piece in pieces:
+        if b"\n" not in piece:
+            held.append(piece)
+            continue
+        if held:
+            held.append(piece)
+            piece = b"".join(held)
+            held = []
+        lines = piece.split(b"\n")
+        if lines[-1]:
+            held.append(lines[-1])
+        for line in lines[:-1]:
+            if done or not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+            else:
+                yield data
+    last = b"".join(held)
+    if not done and last.startswith(b"data:") and last[5:].strip() not in (b"", b"[DONE]"):
+        yield last[5:].strip()

@@ -499,3 +499,28 @@ def test_logit_bias_passes_sglangs_own_checks() -> None:
         assert {int(k): v for k, v in p.logit_bias.items()} == bias
         assert all(isinstance(v, float) for v in p.logit_bias.values())
         assert all(0 <= int(k) < 49_152 for k in p.logit_bias)  # SmolLM2's vocabulary: SGLang would accept it
+
+
+def test_sse_payloads_split_on_bytes_wherever_the_reads_cut() -> None:
+    """The worker's stream read as bytes: payloads whole however the reads cut them, other lines and
+    everything after [DONE] skipped, a last line without its newline kept."""
+    import asyncio
+
+    from engines.sglang.worker import sse_payloads
+
+    body = b'data: {"a": 1}\r\n\r\n: keep-alive\n\ndata: {"b": "\xc3\xa9"}\n\ndata: [DONE]\n\ndata: {"late": 1}\n\n'
+
+    async def read(cuts: list[int], data: bytes = body) -> list[bytes]:
+        async def pieces():
+            start = 0
+            for cut in [*cuts, len(data)]:
+                yield data[start:cut]
+                start = cut
+        return [p async for p in sse_payloads(pieces())]
+
+    expected = [b'{"a": 1}', b'{"b": "\xc3\xa9"}']
+    assert asyncio.run(read([])) == expected
+    for cut in range(1, len(body)):  # every place a read can end, UTF-8 characters split included
+        assert asyncio.run(read([cut])) == expected, cut
+    assert asyncio.run(read(list(range(1, len(body))))) == expected  # one byte per read
+    assert asyncio.run(read([], b'data: {"x": 2}')) == [b'{"x": 2}']  # no final newline
