@@ -63,3 +63,28 @@ def test_model_generated_tokens_stream_like_the_full_decode(tokenizer) -> None:
     ids = pieces_ids + [tokenizer.convert_tokens_to_ids(t) for t in tokenizer.tokenize("x")] + pieces_ids[::-1]
     pieces, tail = stream(tokenizer, ids)
     assert "".join(pieces) + tail == tokenizer.decode(ids)
+
+
+def test_the_fast_decode_is_the_tokenizers_own_decode(tokenizer) -> None:
+    """text_decoder skips transformers' wrapper only where it gives the same text: random token ids of
+    the whole vocabulary, special tokens included."""
+    import random
+
+    from engines.detokenizer import text_decoder
+
+    decode = text_decoder(tokenizer)
+    assert decode.func == tokenizer.backend_tokenizer.decode  # the fast path is the one taken here
+    rng = random.Random(7)
+    for _ in range(2000):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 10))]
+        assert decode(ids) == tokenizer.decode(ids, skip_special_tokens=True), ids
+
+
+def test_a_tokenizer_that_cleans_up_spaces_keeps_transformers_decode(tokenizer) -> None:
+    from types import SimpleNamespace
+
+    from engines.detokenizer import text_decoder
+
+    cleaning = SimpleNamespace(backend_tokenizer=tokenizer.backend_tokenizer, clean_up_tokenization_spaces=True,
+                               decode=tokenizer.decode)
+    assert text_decoder(cleaning).func == tokenizer.decode
