@@ -74,7 +74,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         served = self.state.get("served")
         loaded = GaugeMetricFamily("lodestar_model_loaded", "1 once the model is loaded and the engine ready")
-        loaded.add_metric([], 1.0 if served is not None and served.engine.ready() else 0.0)
+        loaded.add_metric([], 1.0 if served is not None and served.engine.unavailable() is None else 0.0)
         yield loaded
         heap = self.state.heap
         trims = CounterMetricFamily("lodestar_heap_trims", "malloc_trim calls that gave freed memory back")

@@ -44,8 +44,8 @@ class NullEngine:
     async def abort(self, request_id: str) -> None:
         return None
 
-    def ready(self) -> bool:
-        return True
+    def unavailable(self) -> str | None:
+        return None
 
     def stats(self) -> dict[str, int]:
         return {"running": 0, "waiting": 0, "requests": 0}

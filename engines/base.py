@@ -184,7 +184,9 @@ class Engine(Protocol):
         """The session was deleted or expired: drop what the engine keeps for it (nothing, for most)."""
         ...
 
-    def ready(self) -> bool: ...
+    def unavailable(self) -> str | None:
+        """None while the engine can take requests; else why it cannot (said by a 503 engine_unavailable)."""
+        ...
 
     def stats(self) -> dict[str, int]:
         """Live load figures, e.g. {"running": sequences decoding, "waiting": requests queued}."""

@@ -113,8 +113,8 @@ class FakeEngine:
         self.released: list[str] = []  # request ids whose event stream was closed (finished or dropped)
         self.closed = False
 
-    def ready(self) -> bool:
-        return self.is_ready
+    def unavailable(self) -> str | None:
+        return None if self.is_ready else "no worker is answering (fake)"
 
     def stats(self) -> dict[str, int]:
         return {"running": 0, "waiting": 0, "requests": len(self.requests)}

@@ -10,9 +10,10 @@ from core.errors import APIError
 
 def served_model(state: State) -> ServedModel:
     served = state.get("served")
-    if served is not None and not served.engine.ready():  # loaded, but its workers do not answer
-        raise APIError(503, "The engine is unavailable: no worker is answering; retry shortly",
-                       code="engine_unavailable", headers={"Retry-After": "5"})
+    reason = served.engine.unavailable() if served is not None else None
+    if reason is not None:  # loaded, but it cannot serve now (its workers do not answer)
+        raise APIError(503, f"The engine is unavailable: {reason}", code="engine_unavailable",
+                       headers={"Retry-After": "5"})
     if served is None:
         error = state.get("load_error")
         detail = f": loading failed: {error}" if error else ": the model is still loading"

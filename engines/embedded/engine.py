@@ -49,8 +49,8 @@ class EmbeddedEngine:
         self._closed = False
         self._scheduler.start()
 
-    def ready(self) -> bool:
-        return True
+    def unavailable(self) -> str | None:
+        return None
 
     def stats(self) -> dict[str, int]:
         figures = {"running": self._scheduler.batch_size, "waiting": self._scheduler.waiting_count(),

@@ -105,10 +105,15 @@ class SGLangEngine:
         self._on_close = on_close  # stops a launched SGLang server
 
     # -- Engine interface ------------------------------------------------------------------------------
-    def ready(self) -> bool:
+    def unavailable(self) -> str | None:
         with contextlib.suppress(RuntimeError):  # called outside the event loop: nothing to start
             self._start_monitor()
-        return not self._closed and self.router.any_up()
+        if self._closed:
+            return "the engine is shutting down"
+        if self.router.any_up():
+            return None
+        urls = ", ".join(w.url for w in self.router.workers)
+        return f"no SGLang worker is answering (all out of rotation: {urls}); retry shortly"
 
     def stats(self) -> dict[str, int]:
         workers = self.router.workers

@@ -352,7 +352,7 @@ def test_engine_reporting_unready_is_503(engine: FakeEngine, client: TestClient)
     """A loaded engine whose workers do not answer is unavailable, not loading (issue 20)."""
     engine.is_ready = False
     error = assert_error(client.post(CHAT, json=body()), 503, code="engine_unavailable")
-    assert "still loading" not in error["message"]
+    assert "still loading" not in error["message"] and "no worker is answering (fake)" in error["message"]
     assert_error(client.get("/ready"), 503, code="engine_unavailable")
 
 

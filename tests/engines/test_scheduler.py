@@ -108,7 +108,7 @@ def test_model_info(fp32: LoadedModel) -> None:
         info = engine.model_info
         assert (info.id, info.aliases, info.vision) == ("smollm2-135m-instruct", ("smollm2",), False)
         assert info.context_length == fp32.model.config.max_position_embeddings
-        assert engine.ready()
+        assert engine.unavailable() is None
         assert load(engine) == {"running": 0, "waiting": 0, "requests": 0}
 
     run_engine(fp32, body)
