@@ -33,7 +33,14 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: lint $(NODE_STAMP) $(CHROMIUM)
+# The state store's tests start a throwaway PostgreSQL from Debian's server (tests/postgres.py); the package's
+# own default cluster is not wanted, so it is not created.
+POSTGRES := /usr/lib/postgresql/15/bin/initdb
+$(POSTGRES):
+	mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+
+test: lint $(NODE_STAMP) $(CHROMIUM) $(POSTGRES)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup
