@@ -52,7 +52,7 @@ compare: setup
 	$(PY) -m bench.compare $(ARGS)
 
 # The product packages type-check clean (tests and benchmarks are not checked).
-PRODUCT := app chat core engines multimodal sessions tools
+PRODUCT := app chat core engines multimodal sessions store tools
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,144 +1,150 @@
-"""Per-API-key limits (requests in flight, requests and tokens per minute) and usage metering.
+"""Per-API-key limits (requests in flight, requests and tokens per minute) and usage metering, across every
+process and host that shares the store.
 
 Keys are known by a digest of the Bearer token (sessions.manager.owner_of). Without configured keys every
 client is the one anonymous key, so a client cannot grow these tables by inventing tokens.
+
+- In flight: exact. A request holds one of the key's slots in the store (store/holds.py) until it ends.
+- Per minute: one-second buckets in the store; tokens spent are written with the usage, about once a second,
+  so another process sees them up to a second late (docs/deployment.md#limits).
+- Usage: this process's increments, written about once a second and at shutdown (added, never overwritten).
+If the store cannot be reached, this process decides alone: its own requests in flight count, the
+per-minute limits are not applied, and usage waits in memory until the store answers again.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections import deque
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
 from core.errors import APIError
 from core.replies import Usage
+from core.settings import LimitSettings
+from store.base import Store, StoreUnavailable
+from store.records import RateRefusal, UsageTotals
 
-WINDOW_S = 60.0
-
-
-@dataclass(slots=True)
-class UsageTotals:
-    """What one key consumed (what it is billed on); kept across restarts by app/usage_store.py."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-
-
-@dataclass(slots=True)
-class _KeyState:
-    key: str
-    in_flight: int = 0
-    admitted: deque[float] = field(default_factory=deque)  # admission times within the window
-    spent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, tokens) within the window
-    spent_sum: int = 0
-    usage: UsageTotals = field(default_factory=UsageTotals)
-
-    def prune(self, now: float) -> None:
-        while self.admitted and self.admitted[0] <= now - WINDOW_S:
-            self.admitted.popleft()
-        while self.spent and self.spent[0][0] <= now - WINDOW_S:
-            self.spent_sum -= self.spent.popleft()[1]
+log = logging.getLogger("lodestar.limits")
+FLUSH_INTERVAL_S = 1.0
+_LOCAL = -1  # the slot of a request admitted while the store was unreachable
 
 
 class KeyLimiter:
-    def __init__(self, *, max_concurrent: int, requests_per_minute: int, tokens_per_minute: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_concurrent = max_concurrent
-        self.rpm = requests_per_minute
-        self.tpm = tokens_per_minute
+    def __init__(self, store: Store, limits: LimitSettings, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.max_concurrent = limits.max_concurrent_per_key
+        self.rpm = limits.requests_per_minute
+        self.tpm = limits.tokens_per_minute
         self.clock = clock
-        self._keys: dict[str, _KeyState] = {}
-        self._changed: set[str] = set()  # keys whose usage changed since take_changed()
+        self._in_flight: defaultdict[str, int] = defaultdict(int)  # this process's requests, per key
+        self._pending: defaultdict[str, UsageTotals] = defaultdict(UsageTotals)  # usage not yet written
+        self._unsent: defaultdict[tuple[str, int], int] = defaultdict(int)  # (key, second) -> tokens not written
+        self._warned = 0.0
 
-    def admit(self, key: str) -> Permit:
+    async def admit(self, key: str) -> Permit:
         """Count a new request against `key`, or refuse it with a 429 that says which limit and when to retry."""
-        state = self._state(key)
-        now = self.clock()
-        state.prune(now)
-        if self.max_concurrent and state.in_flight >= self.max_concurrent:
-            raise _refused(f"Too many concurrent requests for this API key: limit {self.max_concurrent}, "
-                           f"in flight {state.in_flight}. Retry when one has finished.",
-                           "concurrency_limit_exceeded", 1.0)
-        if self.rpm and len(state.admitted) >= self.rpm:
-            wait = state.admitted[0] + WINDOW_S - now
-            raise _refused(f"Rate limit reached for requests per minute (RPM): limit {self.rpm}, used "
-                           f"{len(state.admitted)}. Please try again in {wait:.1f}s.", "rate_limit_exceeded", wait)
-        if self.tpm and state.spent_sum >= self.tpm:
-            wait = _tokens_free_at(state, self.tpm) - now
-            raise _refused(f"Rate limit reached for tokens per minute (TPM): limit {self.tpm}, used "
-                           f"{state.spent_sum}. Please try again in {wait:.1f}s.", "rate_limit_exceeded", wait)
-        state.in_flight += 1
-        state.admitted.append(now)
-        state.usage.requests += 1
-        self._changed.add(key)
-        return Permit(self, state)
+        slot = await self._take_slot(key) if self.max_concurrent else None
+        try:
+            if self.rpm or self.tpm:
+                refusal = await self._count(key)
+                if refusal is not None:
+                    raise _refused(f"Rate limit reached for {_NAMES[refusal.limit]} ({refusal.limit}): limit "
+                                   f"{refusal.allowed}, used {refusal.used}. Please try again in "
+                                   f"{refusal.retry_after_s:.1f}s.", "rate_limit_exceeded", refusal.retry_after_s)
+        except BaseException:
+            if slot is not None and slot != _LOCAL:
+                self.store.give_back(_slots_of(key), slot)
+            raise
+        self._in_flight[key] += 1
+        self._pending[key].requests += 1
+        return Permit(self, key, slot)
 
-    def _state(self, key: str) -> _KeyState:
-        state = self._keys.get(key)
-        if state is None:
-            state = self._keys[key] = _KeyState(key)
-        return state
+    async def _take_slot(self, key: str) -> int | None:
+        if self._in_flight[key] < self.max_concurrent:
+            try:
+                slot = await self.store.take_slot(_slots_of(key), self.max_concurrent)
+            except StoreUnavailable as exc:
+                self._warn(exc)
+                slot = _LOCAL
+            if slot is not None:
+                return slot
+        raise _refused(f"Too many concurrent requests for this API key: limit {self.max_concurrent}, in flight "
+                       f"{self.max_concurrent}. Retry when one has finished.", "concurrency_limit_exceeded", 1.0)
 
-    def usage(self) -> dict[str, UsageTotals]:
-        return {key: state.usage for key, state in self._keys.items()}
+    async def _count(self, key: str) -> RateRefusal | None:
+        unsent = [(second, tokens) for (k, second), tokens in self._unsent.items() if k == key]
+        try:
+            return await self.store.count_request(key, self.clock(), self.rpm, self.tpm, unsent)
+        except StoreUnavailable as exc:
+            self._warn(exc)
+            return None
 
-    def restore(self, totals: dict[str, UsageTotals]) -> None:
-        """Start from stored totals (at start-up, before any request)."""
-        for key, usage in totals.items():
-            self._state(key).usage = replace(usage)
+    def _warn(self, exc: StoreUnavailable) -> None:
+        if time.monotonic() - self._warned > 10:  # once per 10 s of outage, not per request
+            self._warned = time.monotonic()
+            log.warning("store unreachable: per-key limits are this process's own until it answers (%s)", exc)
 
-    def restore_changed(self, changed: dict[str, UsageTotals]) -> None:
-        """Saving `changed` failed: keep those keys marked so the next flush writes them."""
-        self._changed.update(changed)
+    async def flush(self) -> None:
+        """Write this process's usage increments and spent tokens (kept for the next flush if that fails)."""
+        pending, unsent = self._pending, self._unsent
+        if not pending and not unsent:
+            return
+        self._pending, self._unsent = defaultdict(UsageTotals), defaultdict(int)
+        try:
+            await self.store.add_usage(pending, unsent)
+        except BaseException:
+            for key, totals in pending.items():
+                self._pending[key].add(totals)
+            for bucket, tokens in unsent.items():
+                self._unsent[bucket] += tokens
+            raise
 
-    def take_changed(self) -> dict[str, UsageTotals]:
-        """Copies of the totals that changed since the last call, for the store."""
-        changed = {key: replace(self._keys[key].usage) for key in self._changed}
-        self._changed.clear()
-        return changed
+    async def usage(self) -> dict[str, UsageTotals]:
+        """Every key's totals, this process's latest included."""
+        await self.flush()
+        return await self.store.usage()
 
 
 class Permit:
     """One admitted request: it meters the request's usage once it has ended, and is released then."""
 
-    __slots__ = ("limiter", "state", "released")
+    __slots__ = ("limiter", "key", "slot", "released")
 
-    def __init__(self, limiter: KeyLimiter, state: _KeyState) -> None:
+    def __init__(self, limiter: KeyLimiter, key: str, slot: int | None) -> None:
         self.limiter = limiter
-        self.state = state
+        self.key = key
+        self.slot = slot
         self.released = False
 
     def finished(self, usage: Usage) -> None:
-        spent = usage.prompt_tokens + usage.completion_tokens
-        state = self.state
-        state.spent.append((self.limiter.clock(), spent))
-        state.spent_sum += spent
-        metered = state.usage
+        limiter = self.limiter
+        metered = limiter._pending[self.key]
         metered.prompt_tokens += usage.prompt_tokens
         metered.completion_tokens += usage.completion_tokens
         metered.cached_tokens += usage.prompt_tokens_details.cached_tokens
         metered.reasoning_tokens += usage.completion_tokens_details.reasoning_tokens
-        self.limiter._changed.add(state.key)
+        if limiter.tpm:
+            limiter._unsent[(self.key, int(limiter.clock()))] += usage.prompt_tokens + usage.completion_tokens
 
     def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.state.in_flight -= 1
+        if self.released:
+            return
+        self.released = True
+        limiter = self.limiter
+        limiter._in_flight[self.key] -= 1
+        if not limiter._in_flight[self.key]:
+            del limiter._in_flight[self.key]
+        if self.slot is not None and self.slot != _LOCAL:
+            limiter.store.give_back(_slots_of(self.key), self.slot)
 
 
-def _tokens_free_at(state: _KeyState, limit: int) -> float:
-    """When enough of the window's tokens will have aged out to be under the limit again."""
-    remaining = state.spent_sum
-    for stamp, tokens in state.spent:
-        remaining -= tokens
-        if remaining < limit:
-            return stamp + WINDOW_S
-    return state.spent[-1][0] + WINDOW_S if state.spent else 0.0
+_NAMES = {"RPM": "requests per minute", "TPM": "tokens per minute"}
+
+
+def _slots_of(key: str) -> str:
+    return f"key\0{key}"
 
 
 def _refused(message: str, code: str, retry_after: float) -> APIError:

@@ -18,17 +18,16 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from app.auth import KeyStore, require_api_key
 from app.errors import handle_api_error, handle_http_exception, handle_unexpected
 from app.heap import HeapTrimmer
-from app.limits import KeyLimiter
+from app.limits import FLUSH_INTERVAL_S, KeyLimiter
 from app.logs import REQUEST_ID, log_access
 from app.metrics import Metrics, metrics_middleware
 from app.routes import ROUTES
 from app.routes.playground import playground_router
-from app.usage_store import FLUSH_INTERVAL_S, UsageStore
 from chat.pipeline import ServedModel
 from core.errors import APIError
 from core.settings import Settings
 from sessions.manager import SessionManager
-from sessions.store import SessionStore
+from store.base import Store, StoreUnavailable, open_store
 from tools.checker import GrammarBudget, GrammarChecker
 
 log = logging.getLogger("lodestar")
@@ -73,14 +72,15 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
 
 
 def database_path(settings: Settings) -> Path:
-    """The SQLite file of the sessions and of the per-key usage totals."""
+    """The SQLite file of the state (sessions, usage) when no store URL is set."""
     return Path(settings.sessions.path).expanduser() if settings.sessions.path else \
         settings.data_path() / "sessions.sqlite3"
 
 
-def session_manager(settings: Settings) -> SessionManager:
-    return SessionManager(SessionStore(database_path(settings)), idle_timeout_s=settings.sessions.idle_timeout_s,
-                          busy_timeout_s=settings.sessions.busy_timeout_s)
+async def open_state(settings: Settings) -> Store:
+    store = settings.store
+    return await open_store(store.url, database_path(settings), timeout_s=store.timeout_s,
+                            pool_size=store.pool_size)
 
 
 def forget_in_engine(state: State) -> Callable[[str], None]:
@@ -94,29 +94,33 @@ def forget_in_engine(state: State) -> Callable[[str], None]:
     return forget
 
 
-async def _flush_usage_forever(limits: KeyLimiter, usage: UsageStore) -> None:
+async def _flush_usage_forever(limits: KeyLimiter) -> None:
     while True:
         await asyncio.sleep(FLUSH_INTERVAL_S)
-        changed = limits.take_changed()
-        if changed:
-            try:
-                await asyncio.to_thread(usage.save, changed)
-            except Exception:  # a full disk must not stop serving; the totals stay in memory
-                log.exception("saving usage totals failed")
-                limits.restore_changed(changed)
+        try:
+            await limits.flush()
+        except StoreUnavailable as exc:  # serving goes on; the increments stay in memory for the next try
+            log.warning("writing usage totals failed: %s", exc)
+
+
+def _attach_state(state: State, settings: Settings, store: Store) -> None:
+    """What the routes share, over the opened store: sessions and per-key limits."""
+    state.store = store
+    state.sessions = SessionManager(store, idle_timeout_s=settings.sessions.idle_timeout_s,
+                                    busy_timeout_s=settings.sessions.busy_timeout_s, on_forget=forget_in_engine(state))
+    state.limits = KeyLimiter(store, settings.limits)
 
 
 def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Start-up and shut-down: usage totals restored and flushed, the model loaded, everything closed."""
+    """Start-up and shut-down: the store opened, usage flushed, the model loaded, everything closed."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state = app.state
         task = None
+        _attach_state(state, settings, await open_state(settings))
         state.heap.start()
-        usage = UsageStore(database_path(settings))
-        state.limits.restore(await asyncio.to_thread(usage.load))
-        flusher = asyncio.create_task(_flush_usage_forever(state.limits, usage))
+        flusher = asyncio.create_task(_flush_usage_forever(state.limits))
         if isinstance(model, ServedModel):
             state.served = model
         else:
@@ -136,10 +140,11 @@ def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], Ab
             served = state.get("served")
             if served is not None:
                 await served.engine.close()
-            # every total, not only the changed ones: a flush cut short by the cancellation may not have landed
-            usage.save(state.limits.usage())
-            usage.close()
-            state.sessions.store.close()
+            try:
+                await state.limits.flush()
+            except StoreUnavailable as exc:
+                log.error("the last usage increments could not be written: %s", exc)
+            await state.store.close()
             state.heap.stop()
             state.grammar_checker.close()
 
@@ -149,12 +154,7 @@ def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], Ab
 def create_app(settings: Settings, model: ModelSource) -> Litestar:
     """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
     state = State({"settings": settings, "key_store": KeyStore(settings.server.api_keys),
-                   "admin_key_store": KeyStore(settings.server.admin_keys), "served": None, "load_error": None,
-                   "sessions": session_manager(settings),
-                   "limits": KeyLimiter(max_concurrent=settings.limits.max_concurrent_per_key,
-                                        requests_per_minute=settings.limits.requests_per_minute,
-                                        tokens_per_minute=settings.limits.tokens_per_minute)})
-    state.sessions.on_forget = forget_in_engine(state)
+                   "admin_key_store": KeyStore(settings.server.admin_keys), "served": None, "load_error": None})
     state.heap = HeapTrimmer(settings.server.heap_trim_interval_s)
     state.grammar_checker = GrammarChecker(GrammarBudget(
         settings.tools.grammar_budget_s, settings.tools.grammar_memory_bytes, settings.tools.grammar_workers))

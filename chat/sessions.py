@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from core.protocol import Message
-from sessions.store import Transcript
+from store.records import Transcript
 
 
 def _content_key(content: Any) -> Any:

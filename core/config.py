@@ -29,6 +29,7 @@ _RENAMED = {
                                           "connect_timeout_s", "read_timeout_s", "retry_s", "health_interval_s")},
     "sessions": {"path": "sessions_path", "idle_timeout_s": "session_idle_timeout_s",
                  "busy_timeout_s": "session_busy_timeout_s", "continuation": "session_continuation"},
+    "store": {"url": "store", "timeout_s": "store_timeout_s", "pool_size": "store_pool_size"},
     "reasoning": {"effort": "reasoning_effort"},
     "images": {"allow_http": "image_fetch_http", **{f: f"image_{f}" for f in (
         "pixels_low", "pixels_auto", "pixels_high", "max_source_pixels", "max_bytes", "allow_hosts", "deny_hosts",

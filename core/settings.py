@@ -140,12 +140,22 @@ class ToolSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class SessionSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """X-Session-ID sessions (docs/sessions.md)."""
 
-    path: str | None = None  # SQLite file of session transcripts; None = <data_dir>/sessions.sqlite3
+    # SQLite file of the state (transcripts, usage) without a store URL; None = <data_dir>/sessions.sqlite3
+    path: str | None = None
     idle_timeout_s: PositiveFloat = 86_400.0  # a session unused for this long is forgotten
     busy_timeout_s: Seconds = 30.0  # wait of a request for its session's running request before 409
     # "exact": a continued session's prompt is its stored token ids + the new messages (cache always hits);
     # "template": the whole conversation is rendered again by the template each turn
     continuation: Literal["exact", "template"] = "exact"
+
+
+class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the state every process shares lives (docs/deployment.md#state)."""
+
+    # postgresql://user:password@host/db for many hosts; None: the SQLite file of sessions_path (one host)
+    url: str | None = None
+    timeout_s: PositiveFloat = 5.0  # a store call that takes longer counts as the store being unreachable
+    pool_size: Positive = 8  # PostgreSQL connections per process (besides the one that keeps holds)
 
 
 class ReasoningSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -187,6 +197,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     requests: RequestSettings = msgspec.field(default_factory=RequestSettings)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
     sessions: SessionSettings = msgspec.field(default_factory=SessionSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     reasoning: ReasoningSettings = msgspec.field(default_factory=ReasoningSettings)
     images: ImageSettings = msgspec.field(default_factory=ImageSettings)
 
@@ -208,6 +219,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise SettingsError(
                 f"refusing to serve {server.host} without API keys: set api_keys (--api-key) "
                 "or pass --allow-unauthenticated")
+        url = self.store.url
+        if url is not None and not url.startswith(("postgresql://", "postgres://", "sqlite:")):
+            raise SettingsError(f"store {url!r}: expected postgresql://... or sqlite:PATH")
         if set(server.admin_keys) & set(server.api_keys):
             raise SettingsError("an admin key must not also be an API key")
 

@@ -12,12 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each product package and what it may import, bottom first.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),  # the wire types, the error type, the settings
+    "store": {"core"},  # the state processes share: transcripts, holds, rate windows, usage
     "engines": {"core"},
     "multimodal": {"core"},
-    "sessions": {"core"},
+    "sessions": {"core", "store"},
     "tools": {"core", "engines"},
-    "chat": {"core", "engines", "multimodal", "sessions", "tools"},
-    "app": {"core", "engines", "multimodal", "sessions", "tools", "chat"},
+    "chat": {"core", "engines", "multimodal", "sessions", "store", "tools"},
+    "app": {"core", "engines", "multimodal", "sessions", "store", "tools", "chat"},
 }
 
 

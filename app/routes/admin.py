@@ -16,7 +16,7 @@ async def key_usage(state: State) -> Response[bytes]:
     hints = {owner_of(key): key_hint(key) for key in state.settings.server.api_keys}
     hints[owner_of(None)] = "anonymous"  # the one key of a server without api_keys
     data = []
-    for owner, usage in sorted(state.limits.usage().items()):
+    for owner, usage in sorted((await state.limits.usage()).items()):
         data.append(KeyUsage(key_id=owner, key=hints.get(owner, "unknown"), requests=usage.requests,
                              prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                              total_tokens=usage.prompt_tokens + usage.completion_tokens,

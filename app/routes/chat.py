@@ -109,7 +109,7 @@ class RequestScope:
     @classmethod
     async def enter(cls, state: State, caller: Caller, session_id: str | None,
                     req: ChatCompletionRequest) -> RequestScope:
-        permit = state.limits.admit(caller.tenant)  # 429 here when the key is over a limit
+        permit = await state.limits.admit(caller.tenant)  # 429 here when the key is over a limit
         try:
             lease = await state.sessions.acquire(caller.owner, session_id) if session_id is not None else None
         except BaseException:

@@ -11,7 +11,7 @@ from app.resources import Session, SessionDeleted
 from core.errors import APIError
 from core.replies import encode
 from sessions.manager import check_session_id
-from sessions.store import Transcript
+from store.records import Transcript
 
 
 def _not_found(session_id: str) -> APIError:

@@ -1,16 +1,22 @@
-"""Per-key limits and usage metering: KeyLimiter on a fake clock, then through the app with a fake engine."""
+"""Per-key limits and usage metering: KeyLimiter over a SQLite store on a fake clock, then through the app
+with a fake engine. (Across processes and on PostgreSQL: tests/store and tests/sglang/test_scale_out.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import TestClient
 
 from app.limits import KeyLimiter
+from core.config import build_settings
 from core.errors import APIError
 from core.replies import CompletionTokensDetails, PromptTokensDetails, Usage
+from store.base import open_store
 from tests.app.test_api_fake_engine import CHAT, assert_error, body, make_app
 
 
@@ -28,49 +34,70 @@ def usage(prompt: int, completion: int, cached: int = 0) -> Usage:
                  completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0))
 
 
-def refused(limiter: KeyLimiter, key: str) -> APIError:
+def with_limiter(path: Path, scenario: Callable[[KeyLimiter], Awaitable[Any]], clock: Clock | None = None,
+                 **limits: int) -> Any:
+    """Run `scenario` on a limiter over the SQLite store at `path` (an event loop of its own)."""
+    settings = build_settings({"max_concurrent_per_key": 0, **limits}).limits
+
+    async def main() -> Any:
+        store = await open_store(None, path, timeout_s=5, pool_size=1)
+        try:
+            return await scenario(KeyLimiter(store, settings, clock or Clock()))
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+async def refused(limiter: KeyLimiter, key: str) -> APIError:
     with pytest.raises(APIError) as err:
-        limiter.admit(key)
+        await limiter.admit(key)
     assert err.value.status == 429 and err.value.type == "rate_limit_error"
     return err.value
 
 
-def test_concurrency_per_key_frees_on_release() -> None:
-    limiter = KeyLimiter(max_concurrent=2, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
-    first, _ = limiter.admit("a"), limiter.admit("a")
-    assert refused(limiter, "a").code == "concurrency_limit_exceeded"
-    limiter.admit("b")  # another key has its own slots
-    first.release()
-    first.release()  # idempotent: releasing twice frees one slot, not two
-    limiter.admit("a")
-    assert refused(limiter, "a").code == "concurrency_limit_exceeded"
+def test_concurrency_per_key_frees_on_release(tmp_path: Path) -> None:
+    async def scenario(limiter: KeyLimiter) -> None:
+        first, _ = await limiter.admit("a"), await limiter.admit("a")
+        assert (await refused(limiter, "a")).code == "concurrency_limit_exceeded"
+        await limiter.admit("b")  # another key has its own slots
+        first.release()
+        first.release()  # idempotent: releasing twice frees one slot, not two
+        await limiter.admit("a")
+        assert (await refused(limiter, "a")).code == "concurrency_limit_exceeded"
+    with_limiter(tmp_path / "db", scenario, max_concurrent_per_key=2)
 
 
-def test_requests_per_minute_is_a_sliding_window_with_retry_after() -> None:
+def test_requests_per_minute_is_a_window_of_seconds_with_retry_after(tmp_path: Path) -> None:
     clock = Clock()
-    limiter = KeyLimiter(max_concurrent=0, requests_per_minute=2, tokens_per_minute=0, clock=clock)
-    limiter.admit("a").release()
-    clock.now += 20
-    limiter.admit("a").release()
-    error = refused(limiter, "a")
-    assert error.code == "rate_limit_exceeded" and "(RPM)" in error.message
-    assert error.headers["Retry-After"] == "40"  # the first admission leaves the window 60 s after it
-    clock.now += 40
-    limiter.admit("a")
+
+    async def scenario(limiter: KeyLimiter) -> None:
+        (await limiter.admit("a")).release()
+        clock.now += 20
+        (await limiter.admit("a")).release()
+        error = await refused(limiter, "a")
+        assert error.code == "rate_limit_exceeded" and "(RPM)" in error.message
+        assert error.headers["Retry-After"] == "40"  # the first admission leaves the window 60 s after it
+        clock.now += 40
+        await limiter.admit("a")
+    with_limiter(tmp_path / "db", scenario, clock, requests_per_minute=2)
 
 
-def test_tokens_per_minute_counts_finished_usage() -> None:
+def test_tokens_per_minute_counts_finished_usage_before_it_is_written(tmp_path: Path) -> None:
     clock = Clock()
-    limiter = KeyLimiter(max_concurrent=0, requests_per_minute=0, tokens_per_minute=100, clock=clock)
-    permit = limiter.admit("a")
-    permit.finished(usage(60, 30))
-    limiter.admit("a").finished(usage(5, 10))  # 105 tokens now: over
-    error = refused(limiter, "a")
-    assert "(TPM)" in error.message and error.headers["Retry-After"] == "60"
-    clock.now += 60
-    limiter.admit("a")
-    metered = limiter.usage()["a"]
-    assert (metered.requests, metered.prompt_tokens, metered.completion_tokens) == (3, 65, 40)
+
+    async def scenario(limiter: KeyLimiter) -> None:
+        permit = await limiter.admit("a")
+        permit.finished(usage(60, 30))
+        (await limiter.admit("a")).finished(usage(5, 10))  # 105 tokens now: over, not yet in the store
+        error = await refused(limiter, "a")
+        assert "(TPM)" in error.message and error.headers["Retry-After"] == "60"
+        await limiter.flush()
+        assert "(TPM)" in (await refused(limiter, "a")).message  # the same once written
+        clock.now += 60
+        await limiter.admit("a")
+        metered = (await limiter.usage())["a"]
+        assert (metered.requests, metered.prompt_tokens, metered.completion_tokens) == (3, 65, 40)
+    with_limiter(tmp_path / "db", scenario, clock, tokens_per_minute=100)
 
 
 def test_rate_limits_through_the_app_per_key_and_metered_for_admins() -> None:
@@ -111,28 +138,47 @@ def test_admin_and_api_keys_must_differ() -> None:
         build_settings({"api_keys": ["same"], "admin_keys": ["same"]})
 
 
-def test_changed_totals_are_handed_out_once_and_restored_from_the_store(tmp_path) -> None:
-    from app.usage_store import UsageStore
+def test_usage_increments_are_added_to_the_stored_totals(tmp_path: Path) -> None:
+    async def first(limiter: KeyLimiter) -> None:
+        (await limiter.admit("a")).finished(usage(10, 5, cached=4))
+        await limiter.flush()
+        await limiter.flush()  # nothing new: nothing added twice
 
-    limiter = KeyLimiter(max_concurrent=0, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
-    permit = limiter.admit("a")
-    permit.finished(usage(10, 5, cached=4))
-    changed = limiter.take_changed()
-    assert list(changed) == ["a"] and changed["a"].prompt_tokens == 10 and changed["a"].requests == 1
-    assert limiter.take_changed() == {}  # nothing new since
-    store = UsageStore(tmp_path / "db.sqlite3")
-    store.save(changed)
-    store.close()
-    again = KeyLimiter(max_concurrent=0, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
-    again.restore(UsageStore(tmp_path / "db.sqlite3").load())
-    again.admit("a").finished(usage(1, 1))
-    assert again.usage()["a"].requests == 2 and again.usage()["a"].prompt_tokens == 11
-    assert again.usage()["a"].cached_tokens == 4
+    async def second(limiter: KeyLimiter) -> Any:
+        (await limiter.admit("a")).finished(usage(1, 1))
+        return (await limiter.usage())["a"]
+    with_limiter(tmp_path / "db", first)
+    totals = with_limiter(tmp_path / "db", second)  # another process, as far as the store knows
+    assert (totals.requests, totals.prompt_tokens, totals.cached_tokens) == (2, 11, 4)
+
+
+def test_a_failed_write_keeps_the_increments_for_the_next(tmp_path: Path) -> None:
+    from store.base import StoreUnavailable
+
+    async def scenario(limiter: KeyLimiter) -> Any:
+        (await limiter.admit("a")).finished(usage(7, 3))
+        real = limiter.store.add_usage
+
+        async def unreachable(*args: Any) -> None:
+            raise StoreUnavailable("down")
+        limiter.store.add_usage = unreachable  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await limiter.flush()
+        limiter.store.add_usage = real  # type: ignore[method-assign]
+        return (await limiter.usage())["a"]
+    totals = with_limiter(tmp_path / "db", scenario)
+    assert (totals.requests, totals.prompt_tokens, totals.completion_tokens) == (1, 7, 3)
+
+
+def stored_requests(path: Path) -> int:
+    """What the store holds, read as another process would."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT coalesce(sum(requests), 0) FROM key_usage").fetchone()[0]
 
 
 def test_usage_per_key_survives_a_restart(tmp_path) -> None:
-    from app.usage_store import UsageStore
-
     path = str(tmp_path / "db.sqlite3")
     admin = {"Authorization": "Bearer adm-usage"}
 
@@ -146,7 +192,7 @@ def test_usage_per_key_survives_a_restart(tmp_path) -> None:
                 assert r.status_code == 200
             # written while serving, about once a second: a kill -9 would lose at most that
             deadline = time.monotonic() + 5
-            while sum(u.requests for u in UsageStore(Path(path)).load().values()) < requests + done:
+            while stored_requests(Path(path)) < requests + done:
                 assert time.monotonic() < deadline, "usage not written while the app runs"
                 time.sleep(0.05)
             return client.get("/v1/admin/usage", headers=admin).json()["data"][0]
@@ -158,16 +204,14 @@ def test_usage_per_key_survives_a_restart(tmp_path) -> None:
     assert second["requests"] == 3 and second["prompt_tokens"] == first["prompt_tokens"] * 3 // 2
 
 
-def test_request_scope_releases_its_permit_and_lease_once_and_never_leaks() -> None:
+def test_request_scope_releases_its_permit_and_lease_once_and_never_leaks(tmp_path: Path) -> None:
     """The chat route's one scope: a busy session gives its permit back; release twice frees once."""
-    import asyncio
     from types import SimpleNamespace
 
     from app.auth import Caller
     from app.routes.chat import RequestScope
     from core.protocol import request_decoder
 
-    limiter = KeyLimiter(max_concurrent=1, requests_per_minute=0, tokens_per_minute=0, clock=Clock())
     released: list[str] = []
 
     class Sessions:
@@ -176,15 +220,17 @@ def test_request_scope_releases_its_permit_and_lease_once_and_never_leaks() -> N
                 raise APIError(409, "busy", code="session_busy")
             return SimpleNamespace(release=lambda: released.append(session_id), transcript=None)
 
-    state = SimpleNamespace(limits=limiter, sessions=Sessions())
-    caller = Caller(tenant="a", owner="a")
-    req = request_decoder.decode(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
-    with pytest.raises(APIError):
-        asyncio.run(RequestScope.enter(state, caller, "busy", req))
-    scope = asyncio.run(RequestScope.enter(state, caller, "s1", req))  # the failed one left the slot free
-    assert refused(limiter, "a").code == "concurrency_limit_exceeded"
-    scope.release()
-    scope.release()
-    assert released == ["s1"]
-    limiter.admit("a")
-    assert refused(limiter, "a").code == "concurrency_limit_exceeded"  # one slot freed, not two
+    async def scenario(limiter: KeyLimiter) -> None:
+        state = SimpleNamespace(limits=limiter, sessions=Sessions())
+        caller = Caller(tenant="a", owner="a")
+        req = request_decoder.decode(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+        with pytest.raises(APIError):
+            await RequestScope.enter(state, caller, "busy", req)  # type: ignore[arg-type]
+        scope = await RequestScope.enter(state, caller, "s1", req)  # type: ignore[arg-type]
+        assert (await refused(limiter, "a")).code == "concurrency_limit_exceeded"  # the failed one gave back
+        scope.release()
+        scope.release()
+        assert released == ["s1"]
+        await limiter.admit("a")
+        assert (await refused(limiter, "a")).code == "concurrency_limit_exceeded"  # one slot freed, not two
+    with_limiter(tmp_path / "db", scenario, max_concurrent_per_key=1)

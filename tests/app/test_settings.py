@@ -241,12 +241,15 @@ def sample(key: str) -> tuple[str, object]:
 
 
 def test_every_old_flat_name_still_sets_its_field(tmp_path: Path) -> None:
-    """Each of the 87 settings by its old flat name, in all three places: environment, flag, top-level TOML."""
-    assert len(FLAT_KEYS) == 87
+    """Each of the 87 settings by its old flat name (and the 3 store settings since), in all three places:
+    environment, flag, top-level TOML."""
+    assert len(FLAT_KEYS) == 87 + 3
     for key, (section, name) in FLAT_KEYS.items():
         raw, expected = sample(key)
         if key == "host":
             raw, expected = "127.0.0.2", "127.0.0.2"
+        if key == "store":
+            raw, expected = "sqlite:/tmp/state.sqlite3", "sqlite:/tmp/state.sqlite3"
         if key in ("max_n", "max_batch_size"):
             raw, expected = "8", 8  # max_n may not exceed max_batch_size
         extra_env = {"LODESTAR_SGLANG_URL": "http://127.0.0.1:1"} if key == "engine" else {}
@@ -285,4 +288,4 @@ def test_each_section_holds_its_own_fields_once() -> None:
     fields = [(section, name) for section, struct in SECTIONS.items() for name in struct.__struct_fields__]
     assert sorted(fields) == sorted(FLAT_KEYS.values())
     assert set(SECTIONS) == {"server", "limits", "backend", "scheduler", "sglang", "connections", "requests",
-                             "tools", "sessions", "reasoning", "images"}
+                             "tools", "sessions", "store", "reasoning", "images"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres import Postgres, start_postgres
+from tests.postgres import Postgres, new_database, start_postgres
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +22,11 @@ def postgres() -> Iterator[Postgres]:
             server.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store of each backend: a SQLite file, or a fresh database on the throwaway PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'state.sqlite3'}"
+    return new_database(request.getfixturevalue("postgres"))
