@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import Any
 
 from app import logs
 from core.config import add_flags, load_settings
@@ -29,15 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     from app.backend import build_served_model
     from app.main import create_app
     from app.transport import protocol_class
+    from app.workers import hand_down
 
-    app = create_app(settings, lambda: build_served_model(settings))
     # uvicorn logs through our root handler (log_config=None); our access line carries the request id.
     # http: uvicorn's httptools protocol with timeouts and size limits (app/transport.py); ws="none": there
     # are no websocket routes, so an Upgrade request is not handed to a protocol those bounds do not cover.
     server = settings.server
-    uvicorn.run(app, host=server.host, port=server.port, log_level=server.log_level, log_config=None,
-                access_log=False, timeout_graceful_shutdown=math.ceil(server.shutdown_grace_s),
-                http=protocol_class(settings.connections), ws="none")
+    common: dict[str, Any] = dict(host=server.host, port=server.port, log_level=server.log_level, log_config=None,
+                  access_log=False, timeout_graceful_shutdown=math.ceil(server.shutdown_grace_s), ws="none")
+    if server.workers > 1:  # each process builds its own app from the settings handed down (app/workers.py)
+        hand_down(settings)
+        uvicorn.run("app.workers:create_worker_app", factory=True, workers=server.workers,
+                    http="app.workers:WorkerHTTP", **common)
+    else:
+        uvicorn.run(create_app(settings, lambda: build_served_model(settings)),
+                    http=protocol_class(settings.connections), **common)
     return 0
 
 

@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException
 
 from core.errors import APIError, clip
 from core.replies import encode
+from store.base import StoreUnavailable
 
 log = logging.getLogger("lodestar.errors")
 
@@ -43,6 +44,13 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[byte
     codes = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}
     message = messages.get(status, str(exc.detail))
     return error_response(APIError(status, message, code=codes.get(status)), _request_id(request))
+
+
+def handle_store_unavailable(request: Request, exc: StoreUnavailable) -> Response[bytes]:
+    """The shared state could not be reached (docs/deployment.md#when-the-store-is-unreachable)."""
+    log.warning("store unreachable: %s", exc)
+    return error_response(APIError(503, f"The state store is unreachable: {exc}", code="store_unavailable",
+                                   type="server_error", headers={"Retry-After": "1"}), _request_id(request))
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response[bytes]:

@@ -38,14 +38,15 @@ def _install_record_factory() -> None:
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, and any fields passed in
+    """One JSON object per line: time, level, logger, message, request id, process id (one of --workers N),
+    and any fields passed in
     `extra={"fields": {...}}` (the access line's method, path, status and duration)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
+            "request_id": getattr(record, "request_id", "-"), "pid": record.process,
         }
         line.update(getattr(record, "fields", None) or {})
         if record.exc_info:

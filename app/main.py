@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import KeyStore, require_api_key
-from app.errors import handle_api_error, handle_http_exception, handle_unexpected
+from app.errors import handle_api_error, handle_http_exception, handle_store_unavailable, handle_unexpected
 from app.heap import HeapTrimmer
 from app.limits import FLUSH_INTERVAL_S, KeyLimiter
 from app.logs import REQUEST_ID, log_access
@@ -118,7 +118,12 @@ def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], Ab
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state = app.state
         task = None
-        _attach_state(state, settings, await open_state(settings))
+        try:
+            store = await open_state(settings)
+        except StoreUnavailable as exc:
+            log.error("cannot start: %s", exc)  # uvicorn then exits; a supervisor retries
+            raise
+        _attach_state(state, settings, store)
         state.heap.start()
         flusher = asyncio.create_task(_flush_usage_forever(state.limits))
         if isinstance(model, ServedModel):
@@ -165,6 +170,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
         exception_handlers={
             APIError: handle_api_error,
             HTTPException: handle_http_exception,
+            StoreUnavailable: handle_store_unavailable,
             Exception: handle_unexpected,
         },
         middleware=[request_id_middleware, metrics_middleware],

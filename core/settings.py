@@ -30,6 +30,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"  # address to bind
     port: Annotated[int, Meta(gt=0, lt=65536)] = 8000
+    workers: Positive = 1  # server processes sharing the port (engine sglang only; docs/deployment.md)
     api_keys: tuple[str, ...] = ()  # Bearer keys; none = open server (loopback only)
     allow_unauthenticated: bool = False  # allow binding a non-loopback address without keys
     admin_keys: tuple[str, ...] = ()  # Bearer keys for /v1/admin/*; none = the admin routes answer 403
@@ -209,6 +210,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         server = self.server
         if self.backend.engine == "sglang" and not self.sglang.url and not self.sglang.launch:
             raise SettingsError("engine sglang needs sglang_url (--sglang-url URL) or launch (--launch)")
+        if server.workers > 1 and (self.backend.engine != "sglang" or self.sglang.launch):
+            raise SettingsError(
+                f"workers {server.workers} needs engine sglang with workers it does not launch: the embedded "
+                "engine runs inside the server process (and --launch starts one SGLang worker per process), "
+                "so each serves from one process; run more hosts instead")
         media_dir = self.images.media_dir
         if media_dir is not None and not Path(media_dir).expanduser().is_dir():
             raise SettingsError(f"image_media_dir {media_dir!r} is not a folder")

@@ -63,8 +63,10 @@ class PostgresStore(Holds):
 
     @classmethod
     async def open(cls, url: str, *, timeout_s: float, pool_size: int) -> PostgresStore:
+        # check: a connection is tried before it is handed out, so one that died with a restart of the
+        # server is replaced instead of failing a request.
         pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, kwargs=_options(timeout_s), timeout=timeout_s,
-                                   open=False, name="lodestar-store")
+                                   open=False, name="lodestar-store", check=AsyncConnectionPool.check_connection)
         try:
             await pool.open(wait=True, timeout=timeout_s)
             async with pool.connection() as conn:

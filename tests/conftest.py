@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_MODEL = "smollm2"
@@ -114,3 +120,20 @@ def client(small_server: ServerProcess):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{small_server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server for the session (tests/postgres.py)."""
+    from tests.postgres import start_postgres
+
+    # Not under pytest's tmp_path: its parents are private to the test user, and the server runs as another.
+    folder = Path(tempfile.mkdtemp(prefix="lodestar-pg-"))
+    try:
+        server = start_postgres(folder)
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

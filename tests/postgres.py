@@ -41,6 +41,18 @@ class Postgres:
         return subprocess.run(_as_user(self.folder, [str(self.bin / args[0]), *args[1:]]), check=True,
                               capture_output=True, text=True, timeout=_TIMEOUT_S)
 
+    def start(self) -> None:
+        """Start (or start again) the server on its cluster, port and socket folder."""
+        data = self.folder / "data"
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.folder} -c fsync=off -c synchronous_commit=off"
+        try:
+            self._run("pg_ctl", "-D", str(data), "-l", str(self.folder / "server.log"), "-o", options, "-w",
+                      "-t", str(_TIMEOUT_S), "start")
+        except subprocess.CalledProcessError as exc:
+            log = self.folder / "server.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{text[-2000:]}") from exc
+
     def stop(self) -> None:
         """Stops the server this object started (pg_ctl reads its PID from the cluster's postmaster.pid)."""
         data = self.folder / "data"
@@ -54,15 +66,8 @@ def start_postgres(folder: Path) -> Postgres:
         account = pwd.getpwnam(_USER)
         shutil.chown(folder, account.pw_uid, account.pw_gid)
     server = Postgres(folder, free_port(), server_bin())
-    data = folder / "data"
-    server._run("initdb", "-D", str(data), "-U", "lodestar", "--auth=trust", "-E", "UTF8", "--no-sync")
-    options = f"-p {server.port} -h 127.0.0.1 -k {folder} -c fsync=off -c synchronous_commit=off"
-    try:
-        server._run("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-o", options, "-w",
-                    "-t", str(_TIMEOUT_S), "start")
-    except subprocess.CalledProcessError as exc:
-        log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
-        raise RuntimeError(f"PostgreSQL did not start: {exc.stderr}\n{log[-2000:]}") from exc
+    server._run("initdb", "-D", str(folder / "data"), "-U", "lodestar", "--auth=trust", "-E", "UTF8", "--no-sync")
+    server.start()
     return server
 
 

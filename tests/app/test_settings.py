@@ -241,9 +241,9 @@ def sample(key: str) -> tuple[str, object]:
 
 
 def test_every_old_flat_name_still_sets_its_field(tmp_path: Path) -> None:
-    """Each of the 87 settings by its old flat name (and the 3 store settings since), in all three places:
-    environment, flag, top-level TOML."""
-    assert len(FLAT_KEYS) == 87 + 3
+    """Each of the 87 settings by its old flat name (and the 4 added since: workers and the store), in all
+    three places: environment, flag, top-level TOML."""
+    assert len(FLAT_KEYS) == 87 + 4
     for key, (section, name) in FLAT_KEYS.items():
         raw, expected = sample(key)
         if key == "host":
@@ -253,19 +253,21 @@ def test_every_old_flat_name_still_sets_its_field(tmp_path: Path) -> None:
         if key in ("max_n", "max_batch_size"):
             raw, expected = "8", 8  # max_n may not exceed max_batch_size
         extra_env = {"LODESTAR_SGLANG_URL": "http://127.0.0.1:1"} if key == "engine" else {}
-        from_env = load_settings(flags(), environ={f"LODESTAR_{key.upper()}": raw, **extra_env})
+        context = {"LODESTAR_ENGINE": "sglang", "LODESTAR_SGLANG_URL": "http://127.0.0.1:1"} \
+            if key == "workers" else {}  # several processes serve SGLang workers only
+        from_env = load_settings(flags(), environ={f"LODESTAR_{key.upper()}": raw, **extra_env, **context})
         assert value(from_env, key) == expected, key
         flag = f"--{key.replace('_', '-')}"
         argv = [flag] if isinstance(expected, bool) else [flag, raw]
         if key == "api_keys":  # one key per --api-key: a key may hold a comma
             argv = ["--api-key", "a.example", "--api-key", "b.example"]
-        assert value(load_settings(flags(*argv), environ={}), key) == expected, key
+        assert value(load_settings(flags(*argv), environ=context), key) == expected, key
         toml_value = {True: "true", False: "false"}.get(expected) if isinstance(expected, bool) else None
         if toml_value is None:
             toml_value = (f"[{', '.join(repr(v) for v in expected)}]" if isinstance(expected, tuple)
                           else repr(expected) if not isinstance(expected, str) else f'"{expected}"')
         config = toml(tmp_path, f"{key} = {toml_value}\n")
-        assert value(load_settings(None, environ={}, config_file=config), key) == expected, key
+        assert value(load_settings(None, environ=context, config_file=config), key) == expected, key
         assert getattr(getattr(from_env, section), name) == expected
 
 
@@ -289,3 +291,17 @@ def test_each_section_holds_its_own_fields_once() -> None:
     assert sorted(fields) == sorted(FLAT_KEYS.values())
     assert set(SECTIONS) == {"server", "limits", "backend", "scheduler", "sglang", "connections", "requests",
                              "tools", "sessions", "store", "reasoning", "images"}
+
+
+def test_several_workers_need_sglang_workers_the_server_does_not_launch() -> None:
+    for settings in ({"workers": 2}, {"workers": 2, "engine": "sglang", "launch": True}):
+        with pytest.raises(SettingsError, match="workers 2 needs engine sglang"):
+            build_settings(settings)
+    settings = build_settings({"workers": 2, "engine": "sglang", "sglang_url": ["http://127.0.0.1:1"]})
+    assert settings.server.workers == 2
+
+
+def test_a_store_url_must_name_its_backend() -> None:
+    with pytest.raises(SettingsError, match="expected postgresql://"):
+        build_settings({"store": "mysql://db/lodestar"})
+    assert build_settings({"store": "postgresql://u@db/lodestar"}).store.url == "postgresql://u@db/lodestar"

@@ -56,6 +56,7 @@ class Faults:
     refuse_next: int = 0  # answer HTTP 400
     die_after_chunks: int | None = None  # drop the connection after this many chunks (once)
     hang_next: int = 0  # accept, then say nothing until the client gives up
+    pace_s: float = 0.0  # wait this long before each chunk (keeps requests in flight for a while)
 
 
 @dataclass
@@ -147,6 +148,8 @@ class StandIn:
         die_after, self.faults.die_after_chunks = self.faults.die_after_chunks, None
         sent = 0
         async for chunk in self._chunks(req):
+            if self.faults.pace_s:
+                await asyncio.sleep(self.faults.pace_s)
             if die_after is not None and sent >= die_after:
                 raise ConnectionAbortedError("stand-in: worker died mid-stream")
             await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
