@@ -11,6 +11,7 @@ session's next turn does not find its own previous turn still holding it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -19,6 +20,12 @@ _ID_MASK = (1 << 62) - 1  # ids fit PostgreSQL's bigint and a 64-bit file offset
 
 def hold_id(name: str, slot: int = 0) -> int:
     return int.from_bytes(hashlib.blake2b(f"{name}\0{slot}".encode(), digest_size=8).digest(), "big") & _ID_MASK
+
+
+@functools.lru_cache(maxsize=4096)
+def _slot_ids(name: str, slots: int) -> tuple[int, ...]:
+    """The ids of a name's slots (a key's are needed for every request it makes)."""
+    return tuple(hold_id(name, slot) for slot in range(slots))
 
 
 class Holds:
@@ -42,7 +49,7 @@ class Holds:
 
     async def take_slot(self, name: str, slots: int) -> int | None:
         """Take one of `name`'s `slots` slots; its number, or None when all are held."""
-        ids = [hold_id(name, slot) for slot in range(slots)]
+        ids = _slot_ids(name, slots)
         for pending in [self._giving_back[i] for i in ids if i in self._giving_back]:
             await asyncio.shield(pending)
         async with self._lock:
