@@ -37,8 +37,10 @@ _ADD_USAGE = (f"INSERT INTO key_usage (owner, {', '.join(USAGE_FIELDS)}, updated
 _ADD_SPENT = ("INSERT INTO key_rate (key, second, requests, tokens) VALUES (%s, %s, 0, %s) "
               "ON CONFLICT (key, second) DO UPDATE SET tokens = key_rate.tokens + excluded.tokens")
 _MIGRATION_LOCK = hold_id("lodestar schema migration")
-# Dead peers are noticed by TCP keepalive, so a silent network loss does not keep holds forever.
-_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+# Dead peers are noticed by TCP keepalive, on both ends: so a host that vanishes without closing its
+# connections has its holds let go by the server in about 25 s (the server's default follows the OS: hours).
+_KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"}
 
 
 def _options(timeout_s: float) -> dict[str, Any]:
