@@ -1,6 +1,7 @@
 """Relay cost: Lodestar in front of a fake SGLang worker that answers at once, so all the CPU is Lodestar's.
 
     python -m bench.relay [--mode incremental|cumulative|both] [--tokens 256] [--clients 16] [--seconds 20]
+                          [--workers 1 2]
 
 The fake worker (a separate process) speaks SGLang's `/generate` stream: `--tokens` ordinary tokens per
 reply, one event each, either only the new `output_ids` (`--incremental-streaming-output`) or all of them
@@ -8,6 +9,10 @@ so far (SGLang's default). C clients send streamed chat completions for S second
 Lodestar's CPU per relayed token and per request (utime + stime from /proc, Lodestar's process only), tokens
 per second of Lodestar CPU, requests and tokens per second of wall time. The machine's cores are shared
 with the client and the fake worker, so CPU per token, not throughput, is the figure to compare.
+
+With `--workers 1 2` each mode runs once per count of server processes (`--workers N`: the CPU of all of
+Lodestar's processes counts), and reports each process's share of the requests (from the pid on each
+JSON access line).
 """
 
 from __future__ import annotations
@@ -88,6 +93,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def family(pid: int) -> list[int]:
+    """A process and its children (the server processes of --workers N; not grandchildren)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return [pid, *children]
+
+
+def family_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # a process that has ended
+            continue
+    return total
+
+
+def requests_per_process(log: str) -> dict[int, int]:
+    """Requests served by each process, from the chat route's JSON access lines."""
+    counts: dict[int, int] = {}
+    for line in log.splitlines():
+        if line.startswith("{") and '"lodestar.access"' in line and "/v1/chat/completions" in line:
+            pid = json.loads(line)["pid"]
+            counts[pid] = counts.get(pid, 0) + 1
+    return counts
+
+
 async def load(base: str, clients: int, seconds: float, max_tokens: int) -> tuple[int, int]:
     """C clients sending streamed requests back to back for `seconds`: (requests, content chunks)."""
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "Tell me a story."}],
@@ -110,7 +148,7 @@ async def load(base: str, clients: int, seconds: float, max_tokens: int) -> tupl
     return done[0], done[1]
 
 
-def run_mode(mode: str, args: argparse.Namespace, results: Path) -> dict[str, Any]:
+def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -> dict[str, Any]:
     port = free_port()
     # An ordinary token of the model's vocabulary (a letter), so every event adds text to relay.
     fake = subprocess.Popen([sys.executable, "-m", "bench.relay", "--serve-fake", str(port), "--tokens",
@@ -126,24 +164,32 @@ def run_mode(mode: str, args: argparse.Namespace, results: Path) -> dict[str, An
                     raise RuntimeError("the fake worker did not start") from None
                 time.sleep(0.2)
         server = start_server(results, "--engine", "sglang", "--sglang-url", f"http://127.0.0.1:{port}",
-                              "--model", args.model, "--sglang-health-interval-s", "0", "--log-level", "warning")
+                              "--model", args.model, "--sglang-health-interval-s", "0", "--log-format", "json",
+                              "--workers", str(workers))
         try:
             base = server.base_url
-            asyncio.run(load(base, 2, 2.0, args.tokens))  # warm-up: connections, first-request work
-            before = cpu_seconds(server.proc.pid)
+            asyncio.run(load(base, 2 * workers, 2.0, args.tokens))  # warm-up: connections, first requests
+            pids = family(server.proc.pid)
+            before, served_before = family_cpu(pids), requests_per_process(server.log())
             started = time.monotonic()
             requests, chunks = asyncio.run(load(base, args.clients, args.seconds, args.tokens))
             wall = time.monotonic() - started
-            cpu = cpu_seconds(server.proc.pid) - before
+            cpu = family_cpu(pids) - before
+            time.sleep(0.5)  # the last access lines
+            served = requests_per_process(server.log())
         finally:
             server.stop()
     finally:
         fake.terminate()
         fake.wait(timeout=10)
     tokens = requests * args.tokens
-    return {"mode": mode, "requests": requests, "tokens": tokens, "content_chunks": chunks,
+    shares = {pid: n - served_before.get(pid, 0) for pid, n in served.items()}
+    shares = {pid: round(n / requests, 3) for pid, n in shares.items() if n} if requests else {}
+    return {"mode": mode, "workers": workers, "process_shares": sorted(shares.values(), reverse=True),
+            "requests": requests, "tokens": tokens, "content_chunks": chunks,
             "wall_s": round(wall, 1), "lodestar_cpu_s": round(cpu, 2),
             "cpu_us_per_token": round(cpu / tokens * 1e6, 1) if tokens else None,
+            "tokens_per_chunk": round(tokens / chunks, 1) if chunks else None,
             "cpu_ms_per_request": round(cpu / requests * 1e3, 2) if requests else None,
             "tokens_per_cpu_second": round(tokens / cpu) if cpu else None,
             "requests_per_s": round(requests / wall, 1), "tokens_per_s": round(tokens / wall)}
@@ -156,6 +202,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--model", default="smollm2", help="whose tokenizer and template Lodestar uses")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="server process counts to run")
     parser.add_argument("--serve-fake", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -171,7 +218,7 @@ def main() -> None:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     modes = ["incremental", "cumulative"] if args.mode == "both" else [args.mode]
-    rows = [run_mode(mode, args, results) for mode in modes]
+    rows = [run_mode(mode, workers, args, results) for mode in modes for workers in args.workers]
     cpu = Path("/proc/cpuinfo").read_text()
     model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("model name")), "")
     flags = next((line.split(":", 1)[1].split() for line in cpu.splitlines() if line.startswith("flags")), [])

@@ -183,15 +183,17 @@ class SGLangEngine:
             started = unreachable = False
             stream = worker.generate(body, headers)
             try:
-                async for data in stream:
+                async for batch in stream:
                     started = True
-                    event = reader.read(data)
+                    events = reader.read_batch(batch)
                     if reader.done:
                         # Read on to the stream's end before the last event leaves (the caller stops
                         # there), so the connection goes back to the pool instead of being dropped.
                         await _drain(stream)
-                    if event is not None:
+                    for event in events:
                         yield event
+                    if reader.failure is not None:
+                        raise reader.failure
                     if reader.done:
                         return
                 raise EngineError("the SGLang worker ended the stream before the request finished",
@@ -228,7 +230,7 @@ class SGLangEngine:
                 await asyncio.gather(*(w.check_health() for w in self.router.workers))
 
 
-async def _drain(stream: AsyncGenerator[bytes, None], timeout_s: float = 1.0) -> None:
+async def _drain(stream: AsyncGenerator[list[bytes], None], timeout_s: float = 1.0) -> None:
     """What follows the last choice's finish: only `data: [DONE]`, sent at once (bounded all the same)."""
     with contextlib.suppress(TimeoutError, EngineError):
         async with asyncio.timeout(timeout_s):

@@ -124,6 +124,7 @@ class ReplyReader:
     n: int
     prompt_tokens: int | None = None  # the prompt's size when Lodestar knows it better (image prompts)
     choices: list[_ChoiceState] = field(init=False)
+    failure: EngineError | None = field(default=None, init=False)  # to raise once the batch's events are out
 
     def __post_init__(self) -> None:
         self.choices = [_ChoiceState(IncrementalDetokenizer(self.tokenizer)) for _ in range(self.n)]
@@ -131,6 +132,27 @@ class ReplyReader:
     @property
     def done(self) -> bool:
         return all(c.finished for c in self.choices)
+
+    def read_batch(self, payloads: list[bytes]) -> list[EngineEvent]:
+        """The events of payloads that arrived together: one per choice where a choice's follow each other
+        (tokens a client would otherwise get in separate chunks, when the relay is behind the worker)."""
+        events: list[EngineEvent] = []
+        for data in payloads:
+            try:
+                event = self.read(data)
+            except EngineError as exc:  # the events before it still go out first
+                if not events:
+                    raise
+                self.failure = exc
+                break
+            if event is None:
+                continue
+            last = events[-1] if events else None
+            if last is not None and last.index == event.index and last.finish_reason is None:
+                events[-1] = _joined(last, event)
+            else:
+                events.append(event)
+        return events
 
     def read(self, data: bytes) -> EngineEvent | None:
         try:
@@ -163,6 +185,14 @@ class ReplyReader:
             facts = RequestFacts(self.prompt_tokens or meta.prompt_tokens, meta.cached_tokens)
         return EngineEvent(index=index, token_ids=list(new_ids), text=text,
                            logprobs=_logprobs(meta, len(new_ids)), finish_reason=finish, facts=facts)
+
+
+def _joined(first: EngineEvent, then: EngineEvent) -> EngineEvent:
+    """Two consecutive events of one choice as one."""
+    logprobs = None if first.logprobs is None and then.logprobs is None else \
+        [*(first.logprobs or ()), *(then.logprobs or ())]
+    return EngineEvent(index=first.index, token_ids=first.token_ids + then.token_ids, text=first.text + then.text,
+                       logprobs=logprobs, finish_reason=then.finish_reason, facts=then.facts or first.facts)
 
 
 def _finish(reason: dict[str, Any] | None) -> FinishReason | None:

@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
+import msgspec
 
 from engines.base import EngineError
 from engines.sglang.wire import error_message
 
 log = logging.getLogger("lodestar.sglang")
+_encode = msgspec.json.Encoder().encode
 
 
 class WorkerUnreachable(EngineError):
@@ -24,17 +26,27 @@ class WorkerUnreachable(EngineError):
 
 
 class Worker:
+    """aiohttp (its C HTTP parser) with kept-alive connections: the relay reads each worker stream as the
+    bytes that have arrived, so payloads that came together are handled together (engine.py)."""
+
     def __init__(self, url: str, *, connect_timeout_s: float, read_timeout_s: float, retry_s: float,
                  api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.retry_s = retry_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(
-            base_url=self.url, headers=headers, trust_env=False,
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
         self.in_flight = 0
         self.down_until = 0.0  # monotonic time before which the worker is out of rotation
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the event loop that serves (the worker is built before it runs)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(self.url, headers=self._headers, timeout=self._timeout,
+                                                  connector=connector, trust_env=False, auto_decompress=False)
+        return self._session
 
     @property
     def up(self) -> bool:
@@ -50,39 +62,41 @@ class Worker:
             log.info("SGLang worker %s back in rotation", self.url)
         self.down_until = 0.0
 
-    async def generate(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncGenerator[bytes, None]:
-        """The `data:` payloads of a streamed `/generate` call, without the closing [DONE]."""
+    async def generate(self, body: dict[str, Any], headers: dict[str, str]) -> AsyncGenerator[list[bytes], None]:
+        """The `data:` payloads of a streamed `/generate` call, without the closing [DONE], in batches: those
+        that arrived together."""
         self.in_flight += 1
         try:
             try:
-                async with self.client.stream("POST", "/generate", json=body, headers=headers) as response:
-                    if response.status_code != 200:
+                async with self.session.post("/generate", data=_encode(body), headers={
+                        "Content-Type": "application/json", **headers}) as response:
+                    if response.status != 200:
                         raise await self._refusal(response)
                     self.mark_up()
-                    async for data in sse_payloads(response.aiter_bytes()):  # to the body's end: the
-                        yield data                                            # connection is then reused
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    async for batch in sse_batches(response.content.iter_any()):  # to the body's end: the
+                        yield batch                                                # connection is then reused
+            except aiohttp.ClientConnectorError as exc:
                 self.mark_down(f"cannot connect: {exc}")
                 raise WorkerUnreachable(f"the SGLang worker at {self.url} is unreachable", status=503,
                                         code="engine_unavailable", retry_after=self.retry_s) from None
-            except httpx.TimeoutException:
+            except (TimeoutError, aiohttp.ServerTimeoutError):
                 self.mark_down("timed out")
                 raise EngineError(f"the SGLang worker at {self.url} did not answer in time", status=504,
                                   code="engine_timeout") from None
-            except httpx.HTTPError as exc:  # the connection broke mid-stream
+            except aiohttp.ClientError as exc:  # the connection broke mid-stream
                 self.mark_down(f"stream broken: {exc}")
                 raise EngineError(f"the SGLang worker at {self.url} ended the stream early", status=502,
                                   code="engine_error") from None
         finally:
             self.in_flight -= 1
 
-    async def _refusal(self, response: httpx.Response) -> EngineError:
-        await response.aread()
+    async def _refusal(self, response: aiohttp.ClientResponse) -> EngineError:
+        raw = await response.read()
         try:
-            message = error_message(response.json())
-        except ValueError:
-            message = response.text[:500] or response.reason_phrase
-        status = response.status_code
+            message = error_message(msgspec.json.decode(raw))
+        except msgspec.DecodeError:
+            message = raw[:500].decode(errors="replace") or (response.reason or "")
+        status = response.status
         if status in (400, 413, 422):
             return EngineError(f"the SGLang worker refused the request: {message}", status=400,
                                code="invalid_request")
@@ -97,30 +111,38 @@ class Worker:
         """Best effort: a worker that cannot be told will finish the request's tokens on its own."""
         for rid in rids:
             try:
-                await self.client.post("/abort_request", json={"rid": rid}, timeout=5)
-            except httpx.HTTPError as exc:
+                async with self.session.post("/abort_request", data=_encode({"rid": rid}),
+                                             headers={"Content-Type": "application/json"},
+                                             timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 log.debug("abort of %s at %s failed: %s", rid, self.url, exc)
 
     async def check_health(self) -> bool:
         """`/health_generate`: the worker generated a token (or is busy generating), so it serves."""
         try:
-            response = await self.client.get("/health_generate", timeout=30)
-        except httpx.HTTPError as exc:
-            self.mark_down(f"health check failed: {exc}")
+            async with self.session.get("/health_generate", timeout=aiohttp.ClientTimeout(total=30)) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.mark_down(f"health check failed: {exc or 'timed out'}")
             return False
-        if response.status_code == 200:
+        if status == 200:
             self.mark_up()
             return True
-        self.mark_down(f"health check answered HTTP {response.status_code}")
+        self.mark_down(f"health check answered HTTP {status}")
         return False
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-async def sse_payloads(pieces: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """The `data:` payloads of an SSE body as bytes, up to `[DONE]` (what follows is read, not yielded).
-    Split on bytes: no decoding of the body to text and back; a line cut across reads is joined once."""
+async def sse_batches(pieces: AsyncIterator[bytes]) -> AsyncGenerator[list[bytes], None]:
+    """The `data:` payloads of an SSE body as bytes, up to `[DONE]` (what follows is read, not yielded): for
+    each piece read, the payloads it completes. Split on bytes: no decoding of the body to text and back; a
+    line cut across reads is joined once."""
     done = False
     held: list[bytes] = []  # the start of a line whose end has not come yet
     async for piece in pieces:
@@ -134,6 +156,7 @@ async def sse_payloads(pieces: AsyncIterator[bytes]) -> AsyncGenerator[bytes, No
         lines = piece.split(b"\n")
         if lines[-1]:
             held.append(lines[-1])
+        batch = []
         for line in lines[:-1]:
             if done or not line.startswith(b"data:"):
                 continue
@@ -141,7 +164,9 @@ async def sse_payloads(pieces: AsyncIterator[bytes]) -> AsyncGenerator[bytes, No
             if data == b"[DONE]":
                 done = True
             else:
-                yield data
+                batch.append(data)
+        if batch:
+            yield batch
     last = b"".join(held)
     if not done and last.startswith(b"data:") and last[5:].strip() not in (b"", b"[DONE]"):
-        yield last[5:].strip()
+        yield [last[5:].strip()]

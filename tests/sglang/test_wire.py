@@ -310,6 +310,41 @@ def test_cumulative_and_incremental_give_identical_events() -> None:
         assert [e.text for e in runs[0]] == ["Hel", "", "élo", "", " world"]
 
 
+@pytest.mark.parametrize("incremental", [False, True], ids=["cumulative", "incremental"])
+def test_payloads_that_arrive_together_are_one_event_per_choice(incremental: bool) -> None:
+    """A batch (the relay behind the worker): each choice's consecutive payloads become one event carrying
+    all their tokens, text and logprobs, the finish of the last and the facts; nothing else changes."""
+    for logprobs in (False, True):
+        a = stream(STEPS, API.FinishStop(matched=0), incremental=incremental, logprobs=logprobs, index=0)
+        b = stream([[4], [5, 2], [3]], API.FinishLength(length=4), incremental=incremental, logprobs=logprobs,
+                   index=1)
+        arrival = [*a[:2], *b, a[2]]
+        one_by_one = read_all(ReplyReader(FakeTokenizer(), 2), arrival)
+        reader = ReplyReader(FakeTokenizer(), 2)
+        batched = reader.read_batch(arrival)
+        assert [(e.index, e.token_ids, e.finish_reason) for e in batched] == [
+            (0, [1, 2, 3], None), (1, [4, 5, 2, 3], "length"), (0, [6], "stop")]
+        for index in (0, 1):
+            assert "".join(e.text for e in batched if e.index == index) == \
+                "".join(e.text for e in one_by_one if e is not None and e.index == index)
+        assert batched[0].facts == RequestFacts(11, 4) and batched[2].facts == RequestFacts(11, 4)
+        if logprobs:
+            assert [lp.token_id for e in batched for lp in e.logprobs or []] == [1, 2, 3, 4, 5, 2, 3, 6]
+            assert [lp for e in batched for lp in e.logprobs or []] == \
+                [lp for e in (one_by_one[i] for i in (0, 1, 2, 3, 4, 5)) if e for lp in e.logprobs or []]
+        else:
+            assert all(e.logprobs is None for e in batched)
+        assert reader.done
+
+
+def test_an_error_in_a_batch_comes_after_the_events_before_it() -> None:
+    reader = ReplyReader(FakeTokenizer(), 1)
+    abort = API.FinishAbort(message="worker out of memory", status_code=503)
+    events = reader.read_batch([reply([1], 1), reply([1, 2], 2, finish=abort)])
+    assert [e.token_ids for e in events] == [[1]]
+    assert reader.failure is not None and reader.failure.status == 503
+
+
 def test_finish_chunk_without_new_tokens() -> None:
     for incremental in (False, True):
         reader = ReplyReader(FakeTokenizer(), 1)
@@ -501,12 +536,13 @@ def test_logit_bias_passes_sglangs_own_checks() -> None:
         assert all(0 <= int(k) < 49_152 for k in p.logit_bias)  # SmolLM2's vocabulary: SGLang would accept it
 
 
-def test_sse_payloads_split_on_bytes_wherever_the_reads_cut() -> None:
+def test_sse_batches_split_on_bytes_wherever_the_reads_cut() -> None:
     """The worker's stream read as bytes: payloads whole however the reads cut them, other lines and
-    everything after [DONE] skipped, a last line without its newline kept."""
+    everything after [DONE] skipped, a last line without its newline kept; those a read completes together
+    come as one batch."""
     import asyncio
 
-    from engines.sglang.worker import sse_payloads
+    from engines.sglang.worker import sse_batches
 
     body = b'data: {"a": 1}\r\n\r\n: keep-alive\n\ndata: {"b": "\xc3\xa9"}\n\ndata: [DONE]\n\ndata: {"late": 1}\n\n'
 
@@ -516,10 +552,16 @@ def test_sse_payloads_split_on_bytes_wherever_the_reads_cut() -> None:
             for cut in [*cuts, len(data)]:
                 yield data[start:cut]
                 start = cut
-        return [p async for p in sse_payloads(pieces())]
+        return [p async for batch in sse_batches(pieces()) for p in batch]
 
     expected = [b'{"a": 1}', b'{"b": "\xc3\xa9"}']
     assert asyncio.run(read([])) == expected
+
+    async def batches(data: bytes) -> list[list[bytes]]:
+        async def one_read():
+            yield data
+        return [batch async for batch in sse_batches(one_read())]
+    assert asyncio.run(batches(body)) == [expected]  # one read, one batch
     for cut in range(1, len(body)):  # every place a read can end, UTF-8 characters split included
         assert asyncio.run(read([cut])) == expected, cut
     assert asyncio.run(read(list(range(1, len(body))))) == expected  # one byte per read
