@@ -45,6 +45,22 @@ class IncrementalDetokenizer:
             return full[len(prefix) :]
         return ""
 
+    def push_many(self, token_ids: list[int]) -> str:
+        """Add tokens that came together; return the text they complete: decoded at once, unless the last
+        one leaves a character incomplete (then token by token, holding back only that character)."""
+        if len(token_ids) <= 1:
+            return self.push(token_ids[0]) if token_ids else ""
+        ids, start = self.ids, len(self.ids)
+        ids.extend(token_ids)
+        prefix = self._decode(ids[self.prefix_offset : self.read_offset])
+        full = self._decode(ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith(_REPLACEMENT):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(ids)
+            return full[len(prefix) :]
+        del ids[start:]
+        return "".join(self.push(t) for t in token_ids)
+
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character at the very end becomes U+FFFD)."""
         decode = self._decode

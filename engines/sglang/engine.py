@@ -19,8 +19,9 @@ import httpx
 
 from engines.base import Constraint, EngineError, EngineEvent, EngineImage, EngineRequest, ModelInfo
 from engines.sglang.images import QWEN_VL_TYPES, prepare_qwen_vl
+from engines.sglang.replies import ReplyReader
 from engines.sglang.router import Router
-from engines.sglang.wire import ReplyReader, choice_rids, generate_body
+from engines.sglang.wire import choice_rids, generate_body
 from engines.sglang.worker import Worker, WorkerUnreachable
 
 log = logging.getLogger("lodestar.sglang")

@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from engines.base import EngineError
-from engines.sglang.wire import error_message
+from engines.sglang.replies import error_message
 
 log = logging.getLogger("lodestar.sglang")
 _encode = msgspec.json.Encoder().encode

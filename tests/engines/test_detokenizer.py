@@ -88,3 +88,22 @@ def test_a_tokenizer_that_cleans_up_spaces_keeps_transformers_decode(tokenizer) 
     cleaning = SimpleNamespace(backend_tokenizer=tokenizer.backend_tokenizer, clean_up_tokenization_spaces=True,
                                decode=tokenizer.decode)
     assert text_decoder(cleaning).func == tokenizer.decode
+
+
+def test_tokens_pushed_together_give_the_same_text_as_one_by_one(tokenizer) -> None:
+    """push_many (a relay batch) against push per token: the same text in total, over random ids of the
+    whole vocabulary cut into random batches, and over real text whose characters span tokens."""
+    import random
+
+    rng = random.Random(11)
+    samples = [[rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 40))] for _ in range(500)]
+    samples += [tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
+    for ids in samples:
+        one_by_one, tail = stream(tokenizer, ids)
+        detok = IncrementalDetokenizer(tokenizer)
+        batched, at = [], 0
+        while at < len(ids):
+            size = rng.randrange(1, 9)
+            batched.append(detok.push_many(ids[at:at + size]))
+            at += size
+        assert "".join(batched) + detok.flush() == "".join(one_by_one) + tail, ids

@@ -13,7 +13,8 @@ import pytest
 from app.sglang_backend import model_context_length
 from engines.base import EngineRequest, RequestFacts, SamplingParams
 from engines.sglang.engine import RuntimeFacts, context_length_of
-from engines.sglang.wire import ReplyReader, generate_body
+from engines.sglang.replies import ReplyReader
+from engines.sglang.wire import generate_body
 from tests.sglang.standin import API
 
 FACTS = RuntimeFacts(model_id="m", context_length=0, max_input_tokens=0, vision=False, grammar_backend="llguidance",

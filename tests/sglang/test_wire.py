@@ -20,14 +20,8 @@ from engines.base import (
     SamplingParams,
     TokenLogprob,
 )
-from engines.sglang.wire import (
-    ReplyReader,
-    choice_rids,
-    error_message,
-    generate_body,
-    sampling_params,
-    stream_error,
-)
+from engines.sglang.replies import ReplyReader, error_message, stream_error
+from engines.sglang.wire import choice_rids, generate_body, sampling_params
 from tests.sglang.standin import API
 
 SGLANG_NO_TOP_K = 1073741824  # SamplingParams.top_k's default in SGLang's contract: top-k off
