@@ -69,11 +69,12 @@ def several_credentials(lines: list[str]) -> bool:
     return len(lines) > 1 or (len(lines) == 1 and "," in lines[0] and lines[0].lstrip().lower().startswith("bearer"))
 
 
-def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def require_api_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Litestar guard on every route: none for routes marked public, an admin key for routes marked admin
     (which answer 403 while no admin key is configured), an API key for the rest when keys are configured.
     On every route but the public ones, more than one Authorization header is a 400, keys or not: without
-    keys the bearer token still decides whose sessions a request reaches."""
+    keys the bearer token still decides whose sessions a request reaches. Asynchronous although it never
+    waits: Litestar runs a synchronous guard in a thread, a hop on every request."""
     if handler.opt.get("public"):
         return
     presented = connection.headers.getall("authorization", [])

@@ -73,6 +73,10 @@ class PromptRenderer:
         self.family = family
         self.vision = vision
         self.stop_token_ids = end_of_turn_ids(family, tokenizer)
+        # The Rust tokenizer itself where there is one: the same ids as transformers' __call__ without its
+        # per-call Python work (a relay renders and tokenizes every request; tests/chat/test_template_ids.py).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._encode_fast = backend.encode if backend is not None else None
 
     def render_text(self, messages: list[Message], tools: list[dict[str, Any]] | None = None,
                     options: dict[str, Any] | None = None, *, add_generation_prompt: bool = True) -> str:
@@ -91,4 +95,6 @@ class PromptRenderer:
         return self.tokenize(self.render_text(messages, tools))
 
     def tokenize(self, text: str) -> list[int]:
+        if self._encode_fast is not None:
+            return self._encode_fast(text, add_special_tokens=False).ids
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
