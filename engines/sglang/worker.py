@@ -11,14 +11,15 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from engines.base import EngineError
+from engines.sglang.http import ConnectFailed, HTTPClient, HTTPError, ReadTimeout, Response
 from engines.sglang.replies import error_message
 
 log = logging.getLogger("lodestar.sglang")
 _encode = msgspec.json.Encoder().encode
+_JSON = {"Content-Type": "application/json"}
 
 
 class WorkerUnreachable(EngineError):
@@ -26,27 +27,15 @@ class WorkerUnreachable(EngineError):
 
 
 class Worker:
-    """aiohttp (its C HTTP parser) with kept-alive connections: the relay reads each worker stream as the
-    bytes that have arrived, so payloads that came together are handled together (engine.py)."""
-
     def __init__(self, url: str, *, connect_timeout_s: float, read_timeout_s: float, retry_s: float,
                  api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.retry_s = retry_s
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = HTTPClient(self.url, headers=headers, connect_timeout_s=connect_timeout_s,
+                                 read_timeout_s=read_timeout_s)
         self.in_flight = 0
         self.down_until = 0.0  # monotonic time before which the worker is out of rotation
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """Made on first use, inside the event loop that serves (the worker is built before it runs)."""
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(self.url, headers=self._headers, timeout=self._timeout,
-                                                  connector=connector, trust_env=False, auto_decompress=False)
-        return self._session
 
     @property
     def up(self) -> bool:
@@ -68,34 +57,33 @@ class Worker:
         self.in_flight += 1
         try:
             try:
-                async with self.session.post("/generate", data=_encode(body), headers={
-                        "Content-Type": "application/json", **headers}) as response:
+                async with self.client.request("POST", "/generate", _encode(body), {**_JSON, **headers}) as response:
                     if response.status != 200:
                         raise await self._refusal(response)
                     self.mark_up()
-                    async for batch in sse_batches(response.content.iter_any()):  # to the body's end: the
-                        yield batch                                                # connection is then reused
-            except aiohttp.ClientConnectorError as exc:
+                    async for batch in sse_batches(response.batches()):  # to the body's end: the connection
+                        yield batch                                      # is then kept for the next request
+            except ConnectFailed as exc:
                 self.mark_down(f"cannot connect: {exc}")
                 raise WorkerUnreachable(f"the SGLang worker at {self.url} is unreachable", status=503,
                                         code="engine_unavailable", retry_after=self.retry_s) from None
-            except (TimeoutError, aiohttp.ServerTimeoutError):
+            except ReadTimeout:
                 self.mark_down("timed out")
                 raise EngineError(f"the SGLang worker at {self.url} did not answer in time", status=504,
                                   code="engine_timeout") from None
-            except aiohttp.ClientError as exc:  # the connection broke mid-stream
+            except HTTPError as exc:  # the connection broke mid-stream
                 self.mark_down(f"stream broken: {exc}")
                 raise EngineError(f"the SGLang worker at {self.url} ended the stream early", status=502,
                                   code="engine_error") from None
         finally:
             self.in_flight -= 1
 
-    async def _refusal(self, response: aiohttp.ClientResponse) -> EngineError:
+    async def _refusal(self, response: Response) -> EngineError:
         raw = await response.read()
         try:
             message = error_message(msgspec.json.decode(raw))
         except msgspec.DecodeError:
-            message = raw[:500].decode(errors="replace") or (response.reason or "")
+            message = raw[:500].decode(errors="replace") or f"HTTP {response.status}"
         status = response.status
         if status in (400, 413, 422):
             return EngineError(f"the SGLang worker refused the request: {message}", status=400,
@@ -111,21 +99,20 @@ class Worker:
         """Best effort: a worker that cannot be told will finish the request's tokens on its own."""
         for rid in rids:
             try:
-                async with self.session.post("/abort_request", data=_encode({"rid": rid}),
-                                             headers={"Content-Type": "application/json"},
-                                             timeout=aiohttp.ClientTimeout(total=5)) as response:
+                async with self.client.request("POST", "/abort_request", _encode({"rid": rid}), _JSON,
+                                               read_timeout_s=5) as response:
                     await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except HTTPError as exc:
                 log.debug("abort of %s at %s failed: %s", rid, self.url, exc)
 
     async def check_health(self) -> bool:
         """`/health_generate`: the worker generated a token (or is busy generating), so it serves."""
         try:
-            async with self.session.get("/health_generate", timeout=aiohttp.ClientTimeout(total=30)) as response:
+            async with self.client.request("GET", "/health_generate", read_timeout_s=30) as response:
                 await response.read()
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.mark_down(f"health check failed: {exc or 'timed out'}")
+        except HTTPError as exc:
+            self.mark_down(f"health check failed: {exc}")
             return False
         if status == 200:
             self.mark_up()
@@ -134,18 +121,17 @@ class Worker:
         return False
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
 
-async def sse_batches(pieces: AsyncIterator[bytes]) -> AsyncGenerator[list[bytes], None]:
+async def sse_batches(reads: AsyncIterator[list[bytes]]) -> AsyncGenerator[list[bytes], None]:
     """The `data:` payloads of an SSE body as bytes, up to `[DONE]` (what follows is read, not yielded): for
-    each piece read, the payloads it completes. Split on bytes: no decoding of the body to text and back; a
-    line cut across reads is joined once."""
+    each read (the body pieces that arrived together), the payloads it completes. Split on bytes: no
+    decoding of the body to text and back; a line cut across reads is joined once."""
     done = False
     held: list[bytes] = []  # the start of a line whose end has not come yet
-    async for piece in pieces:
+    async for pieces in reads:
+        piece = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if b"\n" not in piece:
             held.append(piece)
             continue

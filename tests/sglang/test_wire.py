@@ -544,7 +544,7 @@ def test_sse_batches_split_on_bytes_wherever_the_reads_cut() -> None:
         async def pieces():
             start = 0
             for cut in [*cuts, len(data)]:
-                yield data[start:cut]
+                yield [data[start:cut]]
                 start = cut
         return [p async for batch in sse_batches(pieces()) for p in batch]
 
@@ -553,7 +553,7 @@ def test_sse_batches_split_on_bytes_wherever_the_reads_cut() -> None:
 
     async def batches(data: bytes) -> list[list[bytes]]:
         async def one_read():
-            yield data
+            yield [data[:9], data[9:]]  # the HTTP chunks of one read
         return [batch async for batch in sse_batches(one_read())]
     assert asyncio.run(batches(body)) == [expected]  # one read, one batch
     for cut in range(1, len(body)):  # every place a read can end, UTF-8 characters split included
