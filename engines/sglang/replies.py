@@ -35,6 +35,21 @@ class _Chunk(msgspec.Struct):
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
+class _HeadMeta(msgspec.Struct):
+    finish_reason: dict[str, Any] | None = None
+
+
+class _Head(msgspec.Struct):
+    """What a payload is read for before its tokens: whose it is and whether it ends (or fails) a choice."""
+
+    index: int | None = None
+    meta_info: _HeadMeta | None = None
+    error: Any = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
 def error_message(payload: Any) -> str:
     """The message of an SGLang error body, whichever of its shapes it has."""
     if isinstance(payload, dict):
@@ -74,6 +89,9 @@ class ReplyReader:
     prompt_tokens: int | None = None  # the prompt's size when Lodestar knows it better (image prompts)
     choices: list[_ChoiceState] = field(init=False)
     failure: EngineError | None = field(default=None, init=False)  # to raise once the batch's events are out
+    # The worker streams cumulative output_ids (SGLang's default), as its payloads have shown: then a payload
+    # followed by the same choice's next one in a batch says nothing the next does not, and is skipped.
+    cumulative: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.choices = [_ChoiceState(IncrementalDetokenizer(self.tokenizer)) for _ in range(self.n)]
@@ -94,6 +112,8 @@ class ReplyReader:
         at once. An error after some events is kept in `failure`, to raise once they are out."""
         events: list[EngineEvent] = []
         run: list[_Piece] = []
+        if self.cumulative and len(payloads) > 1:
+            payloads = _latest(payloads)
         for data in payloads:
             try:
                 piece = self._piece(data)
@@ -136,6 +156,8 @@ class ReplyReader:
         # the last of output_ids (all of them when the server streams incrementally).
         new = max(0, meta.completion_tokens - state.seen) if meta.completion_tokens else len(ids)
         new_ids = ids[len(ids) - new:] if new <= len(ids) else ids
+        if state.seen and len(ids) > len(new_ids):  # it repeats tokens an earlier payload carried
+            self.cumulative = True
         state.seen += len(new_ids)
         finish = _finish(meta.finish_reason)
         if finish is not None:
@@ -161,6 +183,24 @@ class ReplyReader:
         facts = last.facts or next((p.facts for p in run if p.facts is not None), None)
         return EngineEvent(index=last.index, token_ids=list(ids), text=text, logprobs=logprobs,
                            finish_reason=last.finish, facts=facts)
+
+
+def _latest(payloads: list[bytes]) -> list[bytes]:
+    """Cumulative payloads without those the same choice's next payload supersedes (one that finishes or
+    fails a choice, or cannot be read, is always kept)."""
+    kept = []
+    heads: list[_Head | None] = []
+    for data in payloads:
+        try:
+            heads.append(_decode_head(data))
+        except msgspec.DecodeError:
+            heads.append(None)
+    for i, (data, head) in enumerate(zip(payloads, heads, strict=True)):
+        following = heads[i + 1] if i + 1 < len(heads) else None
+        if head is None or following is None or head.error is not None or following.index != head.index or \
+                (head.meta_info is not None and head.meta_info.finish_reason is not None):
+            kept.append(data)
+    return kept
 
 
 def _finish(reason: dict[str, Any] | None) -> FinishReason | None:

@@ -331,6 +331,25 @@ def test_payloads_that_arrive_together_are_one_event_per_choice(incremental: boo
         assert reader.done
 
 
+def test_a_cumulative_worker_s_superseded_payloads_are_skipped_with_the_same_events() -> None:
+    """Once payloads have shown cumulative output_ids, a batch reads only each run's last payload (and any
+    that finishes a choice): the events are the same as reading every payload."""
+    steps = [[1], [4], [5, 2], [], [3], [6], [2, 3]]
+    for logprobs in (False, True):
+        chunks = stream(steps, API.FinishStop(matched=0), incremental=False, logprobs=logprobs)
+        every, skipping = ReplyReader(FakeTokenizer(), 1), ReplyReader(FakeTokenizer(), 1)
+        expected = [every.read_batch(chunks[:2])]
+        every.cumulative = False  # reads every payload: the reference
+        expected.append(every.read_batch(chunks[2:]))
+        first = skipping.read_batch(chunks[:2])
+        assert skipping.cumulative  # learned from the second payload
+        assert [first, skipping.read_batch(chunks[2:])] == expected
+
+    incremental = ReplyReader(FakeTokenizer(), 1)
+    incremental.read_batch(stream(steps, API.FinishStop(matched=0), incremental=True))
+    assert not incremental.cumulative
+
+
 def test_an_error_in_a_batch_comes_after_the_events_before_it() -> None:
     reader = ReplyReader(FakeTokenizer(), 1)
     abort = API.FinishAbort(message="worker out of memory", status_code=503)
