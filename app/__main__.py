@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.backend import build_served_model
     from app.main import create_app
     from app.transport import protocol_class
-    from app.workers import hand_down
+    from app.workers import serve_processes
 
     # uvicorn logs through our root handler (log_config=None); our access line carries the request id.
     # http: uvicorn's httptools protocol with timeouts and size limits (app/transport.py); ws="none": there
@@ -39,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     common: dict[str, Any] = dict(host=server.host, port=server.port, log_level=server.log_level, log_config=None,
                   access_log=False, timeout_graceful_shutdown=math.ceil(server.shutdown_grace_s), ws="none")
     if server.workers > 1:  # each process builds its own app from the settings handed down (app/workers.py)
-        hand_down(settings)
-        uvicorn.run("app.workers:create_worker_app", factory=True, workers=server.workers,
-                    http="app.workers:WorkerHTTP", **common)
+        return serve_processes(settings, common)
     else:
         uvicorn.run(create_app(settings, lambda: build_served_model(settings)),
                     http=protocol_class(settings.connections), **common)
