@@ -111,8 +111,10 @@ def _attach_state(state: State, settings: Settings, store: Store) -> None:
     state.limits = KeyLimiter(store, settings.limits)
 
 
-def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Start-up and shut-down: the store opened, usage flushed, the model loaded, everything closed."""
+def _lifespan(settings: Settings, model: ModelSource,
+              load_first: bool) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down: the store opened, usage flushed, the model loaded (in the background, or
+    before serving with `load_first`), everything closed."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -137,6 +139,10 @@ def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], Ab
                     state.load_error = str(exc)
             task = asyncio.create_task(load())
         try:
+            if load_first and task is not None:
+                await task
+                if state.load_error is not None:
+                    raise RuntimeError(f"loading the model failed: {state.load_error}")
             yield
         finally:
             if task is not None and not task.done():
@@ -156,8 +162,9 @@ def _lifespan(settings: Settings, model: ModelSource) -> Callable[[Litestar], Ab
     return lifespan
 
 
-def create_app(settings: Settings, model: ModelSource) -> Litestar:
-    """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up."""
+def create_app(settings: Settings, model: ModelSource, *, load_first: bool = False) -> Litestar:
+    """`model` is a ready ServedModel, or a blocking loader that is run in a thread at start-up: while it
+    loads the server answers (/ready: 503), or with `load_first` it starts serving only once loaded."""
     state = State({"settings": settings, "key_store": KeyStore(settings.server.api_keys),
                    "admin_key_store": KeyStore(settings.server.admin_keys), "served": None, "load_error": None})
     state.heap = HeapTrimmer(settings.server.heap_trim_interval_s)
@@ -174,7 +181,7 @@ def create_app(settings: Settings, model: ModelSource) -> Litestar:
             Exception: handle_unexpected,
         },
         middleware=[request_id_middleware, metrics_middleware],
-        lifespan=[_lifespan(settings, model)],
+        lifespan=[_lifespan(settings, model, load_first)],
         state=state,
         request_max_body_size=settings.connections.max_body_bytes,
         openapi_config=None,  # app/openapi.py serves the document

@@ -41,13 +41,14 @@ def handed_down() -> Settings:
 
 
 def create_worker_app() -> Litestar:
-    """uvicorn's factory, called in each worker process."""
+    """uvicorn's factory, called in each worker process. The process listens only once its model is
+    loaded, so the port's connections go to processes that can serve them."""
     from app.backend import build_served_model
     from app.main import create_app
 
     settings = handed_down()
     logs.configure(settings.server.log_level, settings.server.log_format)
-    return create_app(settings, lambda: build_served_model(settings))
+    return create_app(settings, lambda: build_served_model(settings), load_first=True)
 
 
 def __getattr__(name: str) -> type[LodestarHTTP]:

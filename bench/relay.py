@@ -10,9 +10,9 @@ Lodestar's CPU per relayed token and per request (utime + stime from /proc, Lode
 per second of Lodestar CPU, requests and tokens per second of wall time. The machine's cores are shared
 with the client and the fake worker, so CPU per token, not throughput, is the figure to compare.
 
-With `--workers 1 2` each mode runs once per count of server processes (`--workers N`: the CPU of all of
-Lodestar's processes counts), and reports each process's share of the requests (from the pid on each
-JSON access line).
+With `--workers 1 2` each mode runs once per count of server processes (`--workers N`, with C clients per
+process: the load per process is the same; the CPU of all of Lodestar's processes counts), and reports
+each process's share of the requests (from the pid on each JSON access line).
 """
 
 from __future__ import annotations
@@ -168,11 +168,18 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
                               "--workers", str(workers))
         try:
             base = server.base_url
+            deadline = time.monotonic() + 120
+            while server.log().count("Application startup complete") < workers:  # each process listens
+                if time.monotonic() > deadline:                                    # once it can serve
+                    raise RuntimeError("not every server process started")
+                time.sleep(0.2)
             asyncio.run(load(base, 2 * workers, 2.0, args.tokens))  # warm-up: connections, first requests
             pids = family(server.proc.pid)
             before, served_before = family_cpu(pids), requests_per_process(server.log())
             started = time.monotonic()
-            requests, chunks = asyncio.run(load(base, args.clients, args.seconds, args.tokens))
+            # The same load per process: how far a process falls behind its worker (so how many tokens a
+            # chunk carries) depends on it, and so does the CPU per token.
+            requests, chunks = asyncio.run(load(base, args.clients * workers, args.seconds, args.tokens))
             wall = time.monotonic() - started
             cpu = family_cpu(pids) - before
             time.sleep(0.5)  # the last access lines
@@ -199,7 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Lodestar's relay cost in front of an instant fake SGLang worker")
     parser.add_argument("--mode", choices=["incremental", "cumulative", "both"], default="both")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per reply")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients per server process")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--model", default="smollm2", help="whose tokenizer and template Lodestar uses")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="server process counts to run")

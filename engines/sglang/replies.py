@@ -33,6 +33,7 @@ class _Chunk(msgspec.Struct):
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_EMPTY_META = _Meta()
 
 
 class _HeadMeta(msgspec.Struct):
@@ -148,24 +149,27 @@ class ReplyReader:
         if not 0 <= index < self.n:
             raise EngineError(f"the SGLang worker answered for choice {index} of {self.n}", status=502,
                               code="engine_protocol_error")
-        state, meta = self.choices[index], chunk.meta_info or _Meta()
+        state, meta = self.choices[index], chunk.meta_info or _EMPTY_META
         if state.finished:
             return None
         ids = chunk.output_ids or []
         # completion_tokens counts the choice's tokens so far in both streaming modes; the new ones are
         # the last of output_ids (all of them when the server streams incrementally).
-        new = max(0, meta.completion_tokens - state.seen) if meta.completion_tokens else len(ids)
-        new_ids = ids[len(ids) - new:] if new <= len(ids) else ids
-        if state.seen and len(ids) > len(new_ids):  # it repeats tokens an earlier payload carried
-            self.cumulative = True
-        state.seen += len(new_ids)
-        finish = _finish(meta.finish_reason)
+        count, seen = len(ids), state.seen
+        new = meta.completion_tokens - seen if meta.completion_tokens else count
+        if new < count:
+            ids = ids[count - max(new, 0):]
+            if seen:  # it repeats tokens an earlier payload carried
+                self.cumulative = True
+        state.seen = seen = seen + len(ids)
+        finish = _finish(meta.finish_reason) if meta.finish_reason is not None else None
         if finish is not None:
             state.finished = True
         facts = None
-        if state.seen == len(new_ids) or finish is not None:  # a choice's first event, and its last
+        if seen == len(ids) or finish is not None:  # a choice's first event, and its last
             facts = RequestFacts(self.prompt_tokens or meta.prompt_tokens, meta.cached_tokens)
-        return _Piece(index, new_ids, _logprobs(meta, len(new_ids)), finish, facts)
+        logprobs = _logprobs(meta, len(ids)) if meta.output_token_logprobs is not None else None
+        return _Piece(index, ids, logprobs, finish, facts)
 
     def _event(self, run: list[_Piece]) -> EngineEvent:
         """A run of one choice's pieces as one event."""

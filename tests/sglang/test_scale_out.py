@@ -94,6 +94,10 @@ def two_workers_one_port(tmp_path_factory: pytest.TempPathFactory, smollm2_engin
     urls, threads = serve_workers(*workers)
     tmp = tmp_path_factory.mktemp("workers")
     server = start_server(tmp, *_sglang_flags(urls), *FLAGS, "--workers", "2", timeout=120)
+    deadline = time.monotonic() + 60
+    while server.log().count("Application startup complete") < 2:  # a process listens once it can serve
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.2)
     try:
         yield Front([server], [server.base_url], workers)
     finally:
