@@ -9,7 +9,7 @@ import msgspec
 from chat.sessions import SessionTurn, continue_prompt, merge, message_key, next_transcript, reply_message
 from core.protocol import Message
 from core.replies import CompletionTokensDetails, PromptTokensDetails, Usage
-from sessions.store import Transcript
+from store.records import Transcript
 
 
 def msgs(*items: dict[str, Any]) -> list[Message]:
