@@ -15,7 +15,8 @@ from typing import Any
 
 import llguidance
 import llguidance.hf
-import llguidance.torch
+import llguidance.numpy
+import numpy as np
 import torch
 
 from engines.base import Constraint, EngineError
@@ -76,6 +77,14 @@ class GrammarCompiler:
                     "grammar_compile_ms": round(self.compile_ms)}
 
 
+def forbidden_tokens(bitmask: np.ndarray, vocab: int) -> torch.Tensor:
+    """llguidance's bitmask (bit i of 32-bit word j: token 32j + i) as True for each token it does not allow;
+    tokens past the mask (a model's padded vocabulary) are not allowed. Unpacked by numpy: llguidance.torch's
+    version is a torch.compile kernel, which costs seconds of import and a C++ compile on its first call."""
+    bits = np.unpackbits(bitmask.view(np.uint8), count=vocab, bitorder="little")  # x86 and ARM: little-endian
+    return torch.from_numpy(bits == 0)
+
+
 class GrammarState:
     """One choice's progress through its grammar."""
 
@@ -83,14 +92,14 @@ class GrammarState:
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
         self.matcher = matcher
-        self.bitmask = llguidance.torch.allocate_token_bitmask(1, vocab_size)
+        self.bitmask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
 
     def restrict(self, logits: torch.Tensor) -> None:
         """Set the logits of tokens the grammar does not allow next to -inf, in place ([vocab] row)."""
-        llguidance.torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        llguidance.numpy.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
         if self.matcher.is_error():  # an errored matcher allows only end-of-sequence: never a silent "stop"
             raise GrammarFailed(self.matcher.get_error())
-        llguidance.torch.apply_token_bitmask_inplace(logits.unsqueeze(0), self.bitmask)
+        logits.masked_fill_(forbidden_tokens(self.bitmask[0], logits.shape[-1]), float("-inf"))
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):  # cannot happen for a token the mask allowed

@@ -351,3 +351,19 @@ def test_none_answer_accepts_prose(accepts: Any, text: str) -> None:
                                   "(1)", "", "<tool_call>"])
 def test_none_answer_rejects_retyped_calls(accepts: Any, text: str) -> None:
     assert not accepts(answer_grammar(), text)
+
+
+@pytest.mark.parametrize("vocab,row", [(49152, 49152), (151665, 151936), (100, 97)])
+def test_the_mask_forbids_exactly_what_llguidance_s_reference_kernel_forbids(vocab: int, row: int) -> None:
+    import llguidance.numpy
+    import numpy as np
+
+    from engines.embedded.grammar import forbidden_tokens
+
+    bitmask = np.random.default_rng(vocab).integers(-2**31, 2**31 - 1, size=(1, (vocab + 31) // 32), dtype=np.int32)
+    reference = np.zeros((1, row), dtype=np.float32)
+    llguidance.numpy.apply_token_bitmask_inplace(reference, bitmask)
+    logits = torch.zeros(row)
+    logits.masked_fill_(forbidden_tokens(bitmask[0], row), float("-inf"))
+    assert np.array_equal(np.isinf(reference[0]), torch.isinf(logits).numpy())
+    assert 0 < int(torch.isinf(logits).sum()) < row
