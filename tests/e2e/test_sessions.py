@@ -204,30 +204,30 @@ def test_sessions_expire_when_idle(tmp_path):
         server.stop()
 
 
-@pytest.mark.parametrize("kill", [False, True])
-def test_a_restarted_server_continues_the_session(tmp_path, kill):
+def test_a_restarted_server_continues_the_session(tmp_path):
+    """Stopped, then SIGKILLed right after a reply (nothing gets to flush): each time the next server
+    continues the sessions from the same database. Three starts cover both ends."""
     db = str(tmp_path / "s.db")
-    session = sid()
-    server = start_server(tmp_path, "--model", SMALL_MODEL, "--sessions-path", db)
-    try:
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-        first = chat(client, session, [{"role": "user", "content": "Say: apple."}]).parse()
-    finally:
-        if kill:
-            server.proc.kill()  # SIGKILL right after the reply: nothing gets to flush
-            server.proc.wait()
-        else:
-            server.stop()
-    server = start_server(tmp_path, "--model", SMALL_MODEL, "--sessions-path", db)
-    try:
-        body = get_session(server, session).json()
-        assert body["messages"][-1]["content"] == first.choices[0].message.content
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-        second = chat(client, session, [{"role": "user", "content": "And: pear."}]).parse()
-        assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens - 1
-        assert get_session(server, session).json()["turns"] == 2
-    finally:
-        server.stop()
+    sessions, replies = [sid(), sid()], []
+    for run, ending in enumerate(["stop", "kill", None]):
+        server = start_server(tmp_path, "--model", SMALL_MODEL, "--sessions-path", db)
+        try:
+            client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+            if run > 0:  # the session the previous server ended on goes on here
+                session, first = sessions[run - 1], replies[run - 1]
+                stored = get_session(server, session).json()["messages"][-1]["content"]
+                assert stored == first.choices[0].message.content
+                second = chat(client, session, [{"role": "user", "content": "And: pear."}]).parse()
+                assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens - 1
+                assert get_session(server, session).json()["turns"] == 2
+            if ending is not None:
+                replies.append(chat(client, sessions[run], [{"role": "user", "content": "Say: apple."}]).parse())
+        finally:
+            if ending == "kill":
+                server.proc.kill()
+                server.proc.wait()
+            else:
+                server.stop()
 
 
 def test_prompt_truncate_len_keeps_the_system_prompt_and_the_latest_turn(client, small_server):
