@@ -7,8 +7,8 @@ is still sending, often before it has read the response. LodestarHTTP is that pr
 deadline (header_timeout_s: 408), a header size limit (max_header_bytes: 431), a Content-Length over
 max_body_bytes refused before the body is read (413; a chunked body that grows too large gets Litestar's
 413), a deadline for the whole body (body_timeout_s: 408), our keepalive_timeout_s for uvicorn's idle timer,
-and a lingering close (app/linger.py) whenever the client may still be sending. Refusals are OpenAI-shaped
-JSON errors with `Connection: close`.
+a last response on a connection (keepalive_max_requests), and a lingering close (app/linger.py) whenever
+the client may still be sending. Refusals are OpenAI-shaped JSON errors with `Connection: close`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class LodestarHTTP(HttpToolsProtocol):
         self._header_bytes = 0  # of the request being read, as the parser reports them
         self._unparsed_bytes = 0  # received since the last complete headers (httptools buffers a header line)
         self._keep_alive = True  # the latest cycle's own keep-alive, held back until its body is complete
+        self._requests = 0  # on this connection; the last one allowed closes it (keepalive_max_requests)
         self._running: RequestResponseCycle | None = None  # the cycle whose app runs (later ones are queued)
         self._pending: _Refusal | None = None  # a refusal that waits for the responses before it
         self._header_timer: asyncio.TimerHandle | None = None
@@ -157,6 +158,9 @@ class LodestarHTTP(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._phase = "idle"
         self._cancel_timer("_body_timer")
+        self._requests += 1
+        if self._requests >= self.limits.keepalive_max_requests:
+            self._keep_alive = False  # its response says Connection: close
         if self.cycle is not None and not self.cycle.response_started:
             self.cycle.keep_alive = self._keep_alive
         super().on_message_complete()

@@ -94,6 +94,9 @@ class ConnectionSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_o
     body_timeout_s: PositiveFloat = 60.0  # the whole body must arrive within this after the headers; else 408
     max_header_bytes: Positive = 32_768  # request line + headers; more is 431 and close
     keepalive_timeout_s: PositiveFloat = 5.0  # an idle keep-alive connection is closed after this
+    # a connection is closed after its Nth response: kept-alive clients are spread again over the processes
+    # of --workers (the kernel places a new connection) and the hosts behind a load balancer
+    keepalive_max_requests: Positive = 100
     max_body_bytes: Positive = 32 * MiB  # larger bodies get 413 (a larger Content-Length: before it is read)
 
 

@@ -18,6 +18,7 @@ from tests.conftest import SMALL_MODEL, start_server
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.5
 KEEPALIVE_S = 1.0
+MAX_REQUESTS = 5  # per connection
 MAX_HEADER_BYTES = 8192
 MAX_BODY_BYTES = 65_536
 SLACK_S = 3.0  # scheduling slack on a shared machine
@@ -29,7 +30,7 @@ def server(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("transport"), "--model", SMALL_MODEL, "--quantize", "none",
                           "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S),
                           "--keepalive-timeout-s", str(KEEPALIVE_S), "--max-header-bytes", str(MAX_HEADER_BYTES),
-                          "--max-body-bytes", str(MAX_BODY_BYTES))
+                          "--max-body-bytes", str(MAX_BODY_BYTES), "--keepalive-max-requests", str(MAX_REQUESTS))
     yield server
     server.stop()
 
@@ -281,3 +282,20 @@ def test_keep_alive_and_streams_still_work_and_idle_connections_close(server):
             assert data.startswith(b"HTTP/1.1 200 ")
         data, after = read_until_closed(sock, KEEPALIVE_S + SLACK_S)
     assert data == b"" and after >= KEEPALIVE_S * 0.9
+
+
+def test_a_connection_ends_with_its_last_allowed_response(server):
+    with connect(server) as sock:
+        for i in range(1, MAX_REQUESTS + 1):
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            for _ in range(100):  # until the whole response is in
+                data += sock.recv(65536)
+                if data.endswith(b'{"status":"ok"}'):
+                    break
+            head = data.split(b"\r\n\r\n", 1)[0].lower()
+            assert head.startswith(b"http/1.1 200 ") and (b"\r\nconnection: close" in head) == (i == MAX_REQUESTS)
+        data, after = read_until_closed(sock, SLACK_S)
+    assert data == b"" and after < KEEPALIVE_S  # closed at once, not by the idle timer
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:  # a pooled client just reconnects
+        assert all(client.get("/health").status_code == 200 for _ in range(2 * MAX_REQUESTS + 1))
