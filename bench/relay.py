@@ -4,15 +4,18 @@
                           [--workers 1 2]
 
 The fake worker (a separate process) speaks SGLang's `/generate` stream: `--tokens` ordinary tokens per
-reply, one event each, either only the new `output_ids` (`--incremental-streaming-output`) or all of them
-so far (SGLang's default). C clients send streamed chat completions for S seconds. Reported per mode:
-Lodestar's CPU per relayed token and per request (utime + stime from /proc, Lodestar's process only), tokens
-per second of Lodestar CPU, requests and tokens per second of wall time. The machine's cores are shared
-with the client and the fake worker, so CPU per token, not throughput, is the figure to compare.
+reply, one event and one HTTP chunk each, either only the new `output_ids` (`--incremental-streaming-output`)
+or all of them so far (SGLang's default). A reply is written at once: the worker is never what a relay
+waits for, so every run relays the same tokens per chunk. With `--pace-ms P` a stream's events come P ms
+apart instead, as from a GPU worker the relay keeps up with: then every token is a chunk of its own. C clients send streamed chat completions for S
+seconds. Reported per mode: Lodestar's CPU per relayed token and per request (utime + stime from /proc,
+Lodestar's processes only; `system_share` is the kernel's part), tokens per second of Lodestar CPU, tokens
+per content chunk, requests and tokens per second of wall time. The machine's cores are shared with the
+client and the fake worker, so CPU per token, not throughput, is the figure to compare.
 
-With `--workers 1 2` each mode runs once per count of server processes (`--workers N`, with C clients per
-process: the load per process is the same; the CPU of all of Lodestar's processes counts), and reports
-each process's share of the requests (from the pid on each JSON access line).
+With `--workers 1 2` each mode runs once per count of server processes (`--workers N`; the same C clients in
+all: the same offered load, spread over the processes; the CPU of all of Lodestar's processes counts), and
+reports each process's share of the requests (from the pid on each JSON access line).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -35,62 +39,99 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the fake worker ---------------------------------------------------------------------------------------
-class FakeWorker:
-    """A raw ASGI app: SGLang's info endpoints and an instant `/generate` stream."""
+class FakeWorker(asyncio.Protocol):
+    """SGLang's info endpoints and an instant `/generate` stream, on a raw HTTP/1.1 connection. A reply is
+    ready at once: its events (one HTTP chunk each, as SGLang sends them) are handed to the socket in one
+    write, and the frames are built from pieces encoded at start-up, so the worker's own CPU (and so its pace)
+    does not depend on how many streams it serves."""
 
-    def __init__(self, tokens: int, incremental: bool, token_id: int) -> None:
-        self.tokens, self.incremental, self.token_id = tokens, incremental, token_id
+    def __init__(self, tokens: int, incremental: bool, token_id: int, pace_s: float) -> None:
+        import httptools
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        self.parser = httptools.HttpRequestParser(self)
+        self.tokens, self.incremental, self.pace_s = tokens, incremental, pace_s
+        self.url, self.body = b"", b""
+        self.transport: asyncio.Transport | None = None
+        self.ids = _ids_pieces(tokens, incremental, token_id)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.url, self.body = b"", b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        assert self.transport is not None
+        path = self.url.split(b"?", 1)[0]
+        if path == b"/generate":
+            pieces = self._generate(json.loads(self.body))
+            if self.pace_s:
+                asyncio.get_running_loop().create_task(self._paced(pieces))
+            else:
+                self.transport.write(b"".join(pieces))
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        path = scope["path"]
-        if path == "/generate":
-            return await self._generate(json.loads(body), send)
-        if path in ("/model_info", "/get_model_info"):
+        if path in (b"/model_info", b"/get_model_info"):
             payload: dict[str, Any] = {"model_path": "fake", "served_model_name": "fake-model", "is_generation": True}
-        elif path in ("/server_info", "/get_server_info"):
+        elif path in (b"/server_info", b"/get_server_info"):
             payload = {"context_length": None, "grammar_backend": "llguidance",
                        "incremental_streaming_output": self.incremental, "enable_deterministic_inference": False}
         else:
             payload = {}
         data = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-        await send({"type": "http.response.body", "body": data})
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(data), data))
 
-    async def _generate(self, req: dict[str, Any], send: Any) -> None:
-        rid = req["rid"]
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        prompt = len(req.get("input_ids") or [])
-        for i in range(1, self.tokens + 1):
-            ids = [self.token_id] if self.incremental else [self.token_id] * i
-            finish = {"type": "length", "length": i} if i == self.tokens else None
-            event = {"text": "", "output_ids": ids, "index": 0, "meta_info": {
-                "id": rid, "prompt_tokens": prompt, "completion_tokens": i, "cached_tokens": 0,
-                "finish_reason": finish}}
-            await send({"type": "http.response.body", "body": b"data: " + json.dumps(event).encode() + b"\n\n",
-                        "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+    async def _paced(self, pieces: list[bytes]) -> None:
+        """One event per pace, as a GPU worker sends them when the relay keeps up with it."""
+        assert self.transport is not None
+        self.transport.write(pieces[0])
+        for piece in pieces[1:]:
+            await asyncio.sleep(self.pace_s)
+            if self.transport.is_closing():
+                return
+            self.transport.write(piece)
+
+    def _generate(self, req: dict[str, Any]) -> list[bytes]:
+        meta = b'"meta_info": {"id": %s, "prompt_tokens": %d, "cached_tokens": 0, ' % (
+            json.dumps(req["rid"]).encode(), len(req.get("input_ids") or []))
+        out = [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"]
+        for i, ids in enumerate(self.ids, 1):
+            finish = b'{"type": "length", "length": %d}' % i if i == self.tokens else b"null"
+            frame = b'data: {"text": "", "output_ids": %s, "index": 0, %s"completion_tokens": %d, ' \
+                    b'"finish_reason": %s}}\n\n' % (ids, meta, i, finish)
+            out.append(b"%x\r\n%s\r\n" % (len(frame), frame))
+        out[-1] += b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+        return out
 
 
-def serve_fake(port: int, tokens: int, incremental: bool, token_id: int) -> None:
-    import uvicorn
+def _ids_pieces(tokens: int, incremental: bool, token_id: int) -> list[bytes]:
+    """Each event's `output_ids`: only the new token, or all of them so far (SGLang's default)."""
+    return [json.dumps([token_id] if incremental else [token_id] * i).encode() for i in range(1, tokens + 1)]
 
-    uvicorn.run(FakeWorker(tokens, incremental, token_id), host="127.0.0.1", port=port, log_level="warning",
-                lifespan="off", access_log=False)
+
+def serve_fake(port: int, tokens: int, incremental: bool, token_id: int, pace_s: float) -> None:
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: FakeWorker(tokens, incremental, token_id, pace_s), "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 # -- the measurement ---------------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS  # utime, stime
 
 
 def family(pid: int) -> list[int]:
@@ -106,14 +147,16 @@ def family(pid: int) -> list[int]:
     return [pid, *children]
 
 
-def family_cpu(pids: list[int]) -> float:
-    total = 0.0
+def family_cpu(pids: list[int]) -> tuple[float, float]:
+    """The user and system CPU seconds of the processes."""
+    user = system = 0.0
     for pid in pids:
         try:
-            total += cpu_seconds(pid)
+            u, s = cpu_seconds(pid)
         except OSError:  # a process that has ended
             continue
-    return total
+        user, system = user + u, system + s
+    return user, system
 
 
 def requests_per_process(log: str) -> dict[int, int]:
@@ -152,7 +195,7 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
     port = free_port()
     # An ordinary token of the model's vocabulary (a letter), so every event adds text to relay.
     fake = subprocess.Popen([sys.executable, "-m", "bench.relay", "--serve-fake", str(port), "--tokens",
-                             str(args.tokens), "--mode", mode], cwd=ROOT)
+                             str(args.tokens), "--mode", mode, "--pace-ms", str(args.pace_ms)], cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -177,11 +220,11 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
             pids = family(server.proc.pid)
             before, served_before = family_cpu(pids), requests_per_process(server.log())
             started = time.monotonic()
-            # The same load per process: how far a process falls behind its worker (so how many tokens a
-            # chunk carries) depends on it, and so does the CPU per token.
-            requests, chunks = asyncio.run(load(base, args.clients * workers, args.seconds, args.tokens))
+            requests, chunks = asyncio.run(load(base, args.clients, args.seconds, args.tokens))
             wall = time.monotonic() - started
-            cpu = family_cpu(pids) - before
+            after = family_cpu(pids)
+            user, system = after[0] - before[0], after[1] - before[1]
+            cpu = user + system
             time.sleep(0.5)  # the last access lines
             served = requests_per_process(server.log())
         finally:
@@ -194,7 +237,7 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
     shares = {pid: round(n / requests, 3) for pid, n in shares.items() if n} if requests else {}
     return {"mode": mode, "workers": workers, "process_shares": sorted(shares.values(), reverse=True),
             "requests": requests, "tokens": tokens, "content_chunks": chunks,
-            "wall_s": round(wall, 1), "lodestar_cpu_s": round(cpu, 2),
+            "wall_s": round(wall, 1), "lodestar_cpu_s": round(cpu, 2), "system_share": round(system / cpu, 2),
             "cpu_us_per_token": round(cpu / tokens * 1e6, 1) if tokens else None,
             "tokens_per_chunk": round(tokens / chunks, 1) if chunks else None,
             "cpu_ms_per_request": round(cpu / requests * 1e3, 2) if requests else None,
@@ -202,14 +245,37 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
             "requests_per_s": round(requests / wall, 1), "tokens_per_s": round(tokens / wall)}
 
 
+def summary(rows: list[dict[str, Any]], workers: list[int]) -> list[dict[str, Any]]:
+    """Per mode and process count: the median and range of the CPU per token over the rounds, the smallest
+    process share, and the median's ratio to the fewest processes' median."""
+    out = []
+    for mode in dict.fromkeys(row["mode"] for row in rows):
+        base = None
+        for count in workers:
+            runs = [row for row in rows if row["mode"] == mode and row["workers"] == count]
+            per_token = sorted(row["cpu_us_per_token"] for row in runs)
+            median = statistics.median(per_token)
+            base = base or median
+            out.append({"mode": mode, "workers": count, "rounds": len(runs), "cpu_us_per_token_median": median,
+                        "cpu_us_per_token_range": [per_token[0], per_token[-1]],
+                        "cpu_ms_per_request_median": statistics.median(row["cpu_ms_per_request"] for row in runs),
+                        "ratio_to_first": round(median / base, 3),
+                        "smallest_process_share": min(min(row["process_shares"]) for row in runs)})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Lodestar's relay cost in front of an instant fake SGLang worker")
     parser.add_argument("--mode", choices=["incremental", "cumulative", "both"], default="both")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per reply")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients per server process")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent streamed clients")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--model", default="smollm2", help="whose tokenizer and template Lodestar uses")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="server process counts to run")
+    parser.add_argument("--pace-ms", type=float, default=0.0,
+                        help="the worker sends a stream's events this far apart (0: a whole reply at once)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds: each runs every mode and process count once, in turn (the summary: medians)")
     parser.add_argument("--serve-fake", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
@@ -220,17 +286,20 @@ def main() -> None:
 
         folder, _, _ = resolve_model_folder(args.model, Settings().data_path())
         token_id = AutoTokenizer.from_pretrained(folder).convert_tokens_to_ids("a")
-        serve_fake(args.serve_fake, args.tokens, args.mode == "incremental", int(token_id))
+        serve_fake(args.serve_fake, args.tokens, args.mode == "incremental", int(token_id), args.pace_ms / 1000)
         return
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     modes = ["incremental", "cumulative"] if args.mode == "both" else [args.mode]
-    rows = [run_mode(mode, workers, args, results) for mode in modes for workers in args.workers]
+    # Rounds alternate the configurations, so that a slow minute of a shared machine does not fall on one.
+    rows = [run_mode(mode, workers, args, results)
+            for _ in range(args.repeat) for mode in modes for workers in args.workers]
     cpu = Path("/proc/cpuinfo").read_text()
     model_name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("model name")), "")
     flags = next((line.split(":", 1)[1].split() for line in cpu.splitlines() if line.startswith("flags")), [])
     report = {"cpu": model_name, "flags": [f for f in flags if f.startswith(("avx", "amx"))],
-              "tokens": args.tokens, "clients": args.clients, "seconds": args.seconds, "rows": rows}
+              "tokens": args.tokens, "clients": args.clients, "seconds": args.seconds, "pace_ms": args.pace_ms,
+              "summary": summary(rows, args.workers), "rows": rows}
     path = results / f"relay-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
