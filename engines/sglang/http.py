@@ -40,6 +40,12 @@ class _Connection(asyncio.Protocol):
         self.headers_done = self.complete = self.closed = self.received = self.keep_alive = False
         self.error: str | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # One silence timer per connection, pushed back lazily: a read only notes its time (an asyncio.timeout
+        # per read cost a timer handle and a heap push and cancel on every token event).
+        self._loop = asyncio.get_running_loop()  # its clock times the silences
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout_s = 0.0
+        self._quiet_since = 0.0  # the later of the last data and the start of the current wait
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -47,6 +53,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        self._quiet_since = self._loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -89,17 +96,33 @@ class _Connection(asyncio.Protocol):
         return pieces
 
     async def wait(self, timeout_s: float) -> None:
-        """Until something happens: body pieces, the end, a failure (ReadTimeout after `timeout_s`)."""
+        """Until something happens: body pieces, the end, a failure (ReadTimeout after `timeout_s` of
+        silence from the server, counted from the later of its last data and this call)."""
         if self.pieces or self.complete or self.closed:
             return
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        self._waiter = waiter = loop.create_future()
+        self._quiet_since, self._timeout_s = loop.time(), timeout_s
+        due, timer = self._quiet_since + timeout_s, self._timer
+        if timer is None or timer.when() > due:  # (a shorter timeout than the armed one's: arm anew)
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(due, self._check_silence)
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._waiter
-        except TimeoutError:
-            raise ReadTimeout(f"no answer within {timeout_s:g} s") from None
+            await waiter
         finally:
             self._waiter = None
+
+    def _check_silence(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no one waits: the next wait arms the timer again
+        due = self._quiet_since + self._timeout_s
+        if self._loop.time() >= due:
+            waiter.set_exception(ReadTimeout(f"no answer within {self._timeout_s:g} s"))
+        else:
+            self._timer = self._loop.call_at(due, self._check_silence)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -109,6 +132,9 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def reusable(self) -> bool:

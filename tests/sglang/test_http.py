@@ -114,3 +114,36 @@ def test_a_silent_server_is_a_read_timeout_and_no_server_a_connect_failure() -> 
             async with client.request("GET", "/health"):
                 pass
     asyncio.run(nobody())
+
+
+def test_the_read_timeout_counts_silence_not_the_whole_body() -> None:
+    """A body that trickles in for longer than the timeout is read whole; one that stops mid-way times out
+    (here with a shorter timeout than the connection's first request had)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(CHUNKED)
+            for i in range(6):  # 0.6 s in all, against a 0.3 s timeout
+                writer.write(chunk(b"data: %d\n\n" % i))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            if b"/stall" in request:
+                await asyncio.sleep(5)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario(client: HTTPClient) -> None:
+        async with client.request("POST", "/generate", b"{}") as response:
+            assert len(b"".join([piece async for batch in response.batches() for piece in batch])) == 6 * 9
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ReadTimeout):
+            async with client.request("POST", "/stall", b"{}", read_timeout_s=0.15) as response:
+                async for _ in response.batches():
+                    pass
+        assert 0.6 < loop.time() - started < 2.0  # the server stalls for 5 s
+
+    asyncio.run(with_server(handler, scenario, read_timeout_s=0.3))
