@@ -22,11 +22,12 @@ def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-async def sse_stream(chunks: AsyncIterator[ChatCompletionChunk], request_id: str) -> AsyncIterator[bytes]:
-    """Frame chunks as SSE; a failure after the headers went out becomes an error event, then [DONE]."""
+async def sse_stream(batches: AsyncIterator[list[ChatCompletionChunk]], request_id: str) -> AsyncIterator[bytes]:
+    """Frame chunks as SSE, each batch in one piece (one write); a failure after the headers went out becomes
+    an error event, then [DONE]."""
     try:
-        async for chunk in chunks:
-            yield sse(encode(chunk))
+        async for batch in batches:
+            yield b"".join([b"data: " + encode(chunk) + b"\n\n" for chunk in batch])
     except EngineError as exc:
         yield sse(encode(exc.as_api_error().body()))
     except APIError as exc:

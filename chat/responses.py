@@ -207,8 +207,9 @@ def _finish_reason(reason: str | None, calls: list[ParsedCall]) -> str | None:
     return "tool_calls" if calls and reason == "stop" else reason
 
 
-async def stream(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
-    """The run's chunks as they come. From the first chunk yielded while `run.done`, the reply is final."""
+async def stream(run: Run) -> AsyncGenerator[list[ChatCompletionChunk], None]:
+    """The run's chunks as they come, those of one engine event together (they leave in one write). From
+    the first batch yielded while `run.done`, the reply is final."""
     plan, served = run.plan, run.served
 
     def chunk(choices: list[ChunkChoice], **extra: Any) -> ChatCompletionChunk:
@@ -218,41 +219,46 @@ async def stream(run: Run) -> AsyncGenerator[ChatCompletionChunk, None]:
                                    model=plan.model, system_fingerprint=served.fingerprint, choices=choices,
                                    **extra)
 
-    yield chunk([ChunkChoice(index=out.index, delta=Delta(role="assistant", content=""))
-                 for out in run.outputs])
-    async for chunk_out in _event_chunks(run, chunk):
-        yield chunk_out
-    if plan.include_usage:
-        yield chunk([], usage=run.usage())
-
-
-async def _event_chunks(run: Run, chunk: Callable[..., ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+    yield [chunk([ChunkChoice(index=out.index, delta=Delta(role="assistant", content=""))
+                  for out in run.outputs])]
     async for out, event in run.events():
-        reasoning, delta, pieces = run.process(out, event)
-        if reasoning:
-            yield chunk([ChunkChoice(index=out.index, delta=Delta(reasoning_content=reasoning))])
-        parser = out.parser
-        if parser is None:
-            if delta.text or delta.logprobs:
-                yield chunk([ChunkChoice(index=out.index, delta=Delta(content=delta.text),
-                                         logprobs=run.logprobs_out(delta.logprobs))])
-        else:
-            logprobs = run.logprobs_out(delta.logprobs) if delta.logprobs else None
-            for piece in pieces or ([""] if logprobs else []):
-                yield chunk([_piece_choice(out.index, piece, parser, logprobs)])
-                logprobs = None
-            for piece in pieces:
-                if isinstance(piece, ParsedCall):  # the arguments follow the call's opening delta
-                    yield chunk([ChunkChoice(index=out.index, delta=Delta(tool_calls=[ToolCallDelta(
-                        index=parser.calls.index(piece), function=FunctionCallDelta(arguments=piece.arguments))]))])
-        if delta.finish_reason is not None:
-            last = all(o.finished for o in run.outputs)
-            extra: dict[str, Any] = {"confidence_score": run.confidence_score()} if last else {}
-            if last and not run.plan.include_usage:  # else the usage chunk that follows carries it, alone
-                extra["usage"] = run.usage()
-            calls = parser.calls if parser is not None else []
-            yield chunk([ChunkChoice(index=out.index, delta=Delta(),
-                                     finish_reason=_finish_reason(delta.finish_reason, calls))], **extra)
+        batch = _event_chunks(run, out, event, chunk)
+        if batch:
+            yield batch
+    if plan.include_usage:
+        yield [chunk([], usage=run.usage())]
+
+
+def _event_chunks(run: Run, out: ChoiceOutput, event: EngineEvent,
+                  chunk: Callable[..., ChatCompletionChunk]) -> list[ChatCompletionChunk]:
+    """The chunks one engine event gives its choice: reasoning, content or calls, then the finish."""
+    reasoning, delta, pieces = run.process(out, event)
+    chunks = []
+    if reasoning:
+        chunks.append(chunk([ChunkChoice(index=out.index, delta=Delta(reasoning_content=reasoning))]))
+    parser = out.parser
+    if parser is None:
+        if delta.text or delta.logprobs:
+            chunks.append(chunk([ChunkChoice(index=out.index, delta=Delta(content=delta.text),
+                                             logprobs=run.logprobs_out(delta.logprobs))]))
+    else:
+        logprobs = run.logprobs_out(delta.logprobs) if delta.logprobs else None
+        for piece in pieces or ([""] if logprobs else []):
+            chunks.append(chunk([_piece_choice(out.index, piece, parser, logprobs)]))
+            logprobs = None
+        for piece in pieces:
+            if isinstance(piece, ParsedCall):  # the arguments follow the call's opening delta
+                chunks.append(chunk([ChunkChoice(index=out.index, delta=Delta(tool_calls=[ToolCallDelta(
+                    index=parser.calls.index(piece), function=FunctionCallDelta(arguments=piece.arguments))]))]))
+    if delta.finish_reason is not None:
+        last = all(o.finished for o in run.outputs)
+        extra: dict[str, Any] = {"confidence_score": run.confidence_score()} if last else {}
+        if last and not run.plan.include_usage:  # else the usage chunk that follows carries it, alone
+            extra["usage"] = run.usage()
+        calls = parser.calls if parser is not None else []
+        chunks.append(chunk([ChunkChoice(index=out.index, delta=Delta(),
+                                         finish_reason=_finish_reason(delta.finish_reason, calls))], **extra))
+    return chunks
 
 
 def _piece_choice(index: int, piece: str | ParsedCall, parser: ToolCallParser,

@@ -185,15 +185,15 @@ async def _stored_and_released(run: responses.Run, scope: RequestScope,
     from its session), or, if the stream ends early, with what was sent; the run is metered and the scope
     released once the chunks have ended, before [DONE] goes out (a client that sends its session's next
     turn on [DONE] finds the session free)."""
-    chunks = responses.stream(run)
+    batches = responses.stream(run)
     try:
-        async for chunk in chunks:
+        async for batch in batches:
             if run.done:
                 await scope.store(run)
-            yield chunk
+            yield batch
     finally:  # a client that went away cancels the stream: close it and store shielded, then release
         with anyio.CancelScope(shield=True):
-            await chunks.aclose()
+            await batches.aclose()
             await scope.store(run)
         scope.meter(run, metrics)
         scope.release()
