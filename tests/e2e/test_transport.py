@@ -273,27 +273,26 @@ def test_keep_alive_and_streams_still_work_and_idle_connections_close(server):
         assert client.get("/health").status_code == 200
     with connect(server) as sock:  # keep-alive, then closed when idle for keepalive_timeout_s
         for _ in range(3):
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            for _ in range(100):  # until the whole response is in
-                data += sock.recv(65536)
-                if data.endswith(b'{"status":"ok"}'):
-                    break
-            assert data.startswith(b"HTTP/1.1 200 ")
+            assert get_health(sock).startswith(b"HTTP/1.1 200 ")
         data, after = read_until_closed(sock, KEEPALIVE_S + SLACK_S)
     assert data == b"" and after >= KEEPALIVE_S * 0.9
+
+
+def get_health(sock: socket.socket) -> bytes:
+    """GET /health on a kept-alive socket: the whole response."""
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    for _ in range(100):  # until the whole response is in
+        data += sock.recv(65536)
+        if data.endswith(b'{"status":"ok"}'):
+            break
+    return data
 
 
 def test_a_connection_ends_with_its_last_allowed_response(server):
     with connect(server) as sock:
         for i in range(1, MAX_REQUESTS + 1):
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            for _ in range(100):  # until the whole response is in
-                data += sock.recv(65536)
-                if data.endswith(b'{"status":"ok"}'):
-                    break
-            head = data.split(b"\r\n\r\n", 1)[0].lower()
+            head = get_health(sock).split(b"\r\n\r\n", 1)[0].lower()
             assert head.startswith(b"http/1.1 200 ") and (b"\r\nconnection: close" in head) == (i == MAX_REQUESTS)
         data, after = read_until_closed(sock, SLACK_S)
     assert data == b"" and after < KEEPALIVE_S  # closed at once, not by the idle timer
