@@ -40,7 +40,7 @@ class KeyLimiter:
         self.clock = clock
         self._in_flight: defaultdict[str, int] = defaultdict(int)  # this process's requests, per key
         self._pending: defaultdict[str, UsageTotals] = defaultdict(UsageTotals)  # usage not yet written
-        self._unsent: defaultdict[tuple[str, int], int] = defaultdict(int)  # (key, second) -> tokens not written
+        self._unsent: defaultdict[str, defaultdict[int, int]] = _buckets()  # key -> second -> tokens not written
         self._warned = 0.0
 
     async def admit(self, key: str) -> Permit:
@@ -62,7 +62,7 @@ class KeyLimiter:
         return Permit(self, key, slot)
 
     async def _take_slot(self, key: str) -> int | None:
-        if self._in_flight[key] < self.max_concurrent:
+        if self._in_flight.get(key, 0) < self.max_concurrent:  # (get: a refused key leaves no entry)
             try:
                 slot = await self.store.take_slot(_slots_of(key), self.max_concurrent)
             except StoreUnavailable as exc:
@@ -74,7 +74,7 @@ class KeyLimiter:
                        f"{self.max_concurrent}. Retry when one has finished.", "concurrency_limit_exceeded", 1.0)
 
     async def _count(self, key: str) -> RateRefusal | None:
-        unsent = [(second, tokens) for (k, second), tokens in self._unsent.items() if k == key]
+        unsent = list(self._unsent[key].items()) if key in self._unsent else []
         try:
             return await self.store.count_request(key, self.clock(), self.rpm, self.tpm, unsent)
         except StoreUnavailable as exc:
@@ -91,14 +91,16 @@ class KeyLimiter:
         pending, unsent = self._pending, self._unsent
         if not pending and not unsent:
             return
-        self._pending, self._unsent = defaultdict(UsageTotals), defaultdict(int)
+        self._pending, self._unsent = defaultdict(UsageTotals), _buckets()
         try:
-            await self.store.add_usage(pending, unsent)
+            await self.store.add_usage(pending, {(key, second): tokens for key, seconds in unsent.items()
+                                                 for second, tokens in seconds.items()})
         except BaseException:
             for key, totals in pending.items():
                 self._pending[key].add(totals)
-            for bucket, tokens in unsent.items():
-                self._unsent[bucket] += tokens
+            for key, seconds in unsent.items():
+                for second, tokens in seconds.items():
+                    self._unsent[key][second] += tokens
             raise
 
     async def usage(self) -> dict[str, UsageTotals]:
@@ -126,7 +128,7 @@ class Permit:
         metered.cached_tokens += usage.prompt_tokens_details.cached_tokens
         metered.reasoning_tokens += usage.completion_tokens_details.reasoning_tokens
         if limiter.tpm:
-            limiter._unsent[(self.key, int(limiter.clock()))] += usage.prompt_tokens + usage.completion_tokens
+            limiter._unsent[self.key][int(limiter.clock())] += usage.prompt_tokens + usage.completion_tokens
 
     def release(self) -> None:
         if self.released:
@@ -141,6 +143,10 @@ class Permit:
 
 
 _NAMES = {"RPM": "requests per minute", "TPM": "tokens per minute"}
+
+
+def _buckets() -> defaultdict[str, defaultdict[int, int]]:
+    return defaultdict(lambda: defaultdict(int))
 
 
 def _slots_of(key: str) -> str:
