@@ -1,21 +1,24 @@
 """Relay cost: Lodestar in front of a fake SGLang worker that answers at once, so all the CPU is Lodestar's.
 
     python -m bench.relay [--mode incremental|cumulative|both] [--tokens 256] [--clients 16] [--seconds 20]
-                          [--workers 1 2]
+                          [--workers 1 2] [--repeat R] [--pace-ms P]
 
 The fake worker (a separate process) speaks SGLang's `/generate` stream: `--tokens` ordinary tokens per
 reply, one event and one HTTP chunk each, either only the new `output_ids` (`--incremental-streaming-output`)
 or all of them so far (SGLang's default). A reply is written at once: the worker is never what a relay
 waits for, so every run relays the same tokens per chunk. With `--pace-ms P` a stream's events come P ms
-apart instead, as from a GPU worker the relay keeps up with: then every token is a chunk of its own. C clients send streamed chat completions for S
-seconds. Reported per mode: Lodestar's CPU per relayed token and per request (utime + stime from /proc,
-Lodestar's processes only; `system_share` is the kernel's part), tokens per second of Lodestar CPU, tokens
-per content chunk, requests and tokens per second of wall time. The machine's cores are shared with the
-client and the fake worker, so CPU per token, not throughput, is the figure to compare.
+apart instead, as from a GPU worker the relay keeps up with: then every token is a chunk of its own.
+
+C clients send streamed chat completions for S seconds. Reported per mode: Lodestar's CPU per relayed token
+and per request (utime + stime from /proc, Lodestar's processes only; `system_share` is the kernel's part),
+tokens per second of Lodestar CPU, tokens per content chunk, requests and tokens per second of wall time.
+The machine's cores are shared with the client and the fake worker, so CPU per token, not throughput, is
+the figure to compare.
 
 With `--workers 1 2` each mode runs once per count of server processes (`--workers N`; the same C clients in
 all: the same offered load, spread over the processes; the CPU of all of Lodestar's processes counts), and
-reports each process's share of the requests (from the pid on each JSON access line).
+reports each process's share of the requests (from the pid on each JSON access line). `--repeat R` runs R
+rounds of all of it in turn and summarises each configuration by its median.
 """
 
 from __future__ import annotations
