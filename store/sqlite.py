@@ -33,6 +33,9 @@ _ADD_USAGE = (f"INSERT INTO key_usage (owner, {', '.join(USAGE_FIELDS)}, updated
               + ", ".join(f"{f} = {f} + excluded.{f}" for f in USAGE_FIELDS) + ", updated = excluded.updated")
 _ADD_SPENT = ("INSERT INTO key_rate (key, second, requests, tokens) VALUES (?, ?, 0, ?) "
               "ON CONFLICT (key, second) DO UPDATE SET tokens = tokens + excluded.tokens")
+# A byte of the holds file past every hold id (store/holds.py: ids < 2**62): processes open the database one
+# at a time, because SQLite's switch of a new file to WAL does not wait out a busy peer, it fails at once.
+_OPENING = 1 << 62
 
 
 class SQLiteStore(Holds):
@@ -53,11 +56,19 @@ class SQLiteStore(Holds):
     def _open(cls, path: Path, timeout_s: float) -> SQLiteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=timeout_s)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            _migrate(db)
             fd = os.open(f"{path}.holds", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                _lock_within(fd, _OPENING, timeout_s)
+                try:
+                    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=timeout_s)
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    _migrate(db)
+                finally:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, _OPENING, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"SQLite store {path}: {exc}") from exc
         return cls(path, db, fd)
@@ -153,6 +164,19 @@ class SQLiteStore(Holds):
         with self._db_lock:
             self._db.close()
         os.close(self._holds_fd)  # the kernel lets go of every hold left
+
+
+def _lock_within(fd: int, offset: int, timeout_s: float) -> None:
+    """Lock one byte of `fd` for this process, waiting up to `timeout_s` for another process to let go."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise OSError(f"another process kept the store busy opening it for over {timeout_s:g} s") from None
+            time.sleep(0.01)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
