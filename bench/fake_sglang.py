@@ -12,7 +12,10 @@ class FakeWorker(asyncio.Protocol):
     """SGLang's info endpoints and an instant `/generate` stream, on a raw HTTP/1.1 connection. A reply is
     ready at once: its events (one HTTP chunk each, as SGLang sends them) are handed to the socket in one
     write, and the frames are built from pieces encoded at start-up, so the worker's own CPU (and so its pace)
-    does not depend on how many streams it serves."""
+    does not depend on how many streams it serves. `/bench_stats` counts the connections the relay opened:
+    a relay that keeps its worker connections alive opens few."""
+
+    connections = 0
 
     def __init__(self, tokens: int, incremental: bool, token_id: int, pace_s: float) -> None:
         import httptools
@@ -25,6 +28,7 @@ class FakeWorker(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        FakeWorker.connections += 1
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -50,6 +54,8 @@ class FakeWorker(asyncio.Protocol):
             return
         if path in (b"/model_info", b"/get_model_info"):
             payload: dict[str, Any] = {"model_path": "fake", "served_model_name": "fake-model", "is_generation": True}
+        elif path == b"/bench_stats":
+            payload = {"connections": FakeWorker.connections}
         elif path in (b"/server_info", b"/get_server_info"):
             payload = {"context_length": None, "grammar_backend": "llguidance",
                        "incremental_streaming_output": self.incremental, "enable_deterministic_inference": False}

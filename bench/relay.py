@@ -135,10 +135,12 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
             asyncio.run(load(base, 2 * workers, 2.0, args.tokens))  # warm-up: connections, first requests
             pids = family(server.proc.pid)
             before, served_before = family_cpu(pids), requests_per_process(server.log())
+            opened = worker_connections(port)
             started = time.monotonic()
             requests, chunks = asyncio.run(load(base, args.clients, args.seconds, args.tokens))
             wall = time.monotonic() - started
             after = family_cpu(pids)
+            opened = worker_connections(port) - opened
             user, system = after[0] - before[0], after[1] - before[1]
             cpu = user + system
             time.sleep(0.5)  # the last access lines
@@ -158,7 +160,12 @@ def run_mode(mode: str, workers: int, args: argparse.Namespace, results: Path) -
             "tokens_per_chunk": round(tokens / chunks, 1) if chunks else None,
             "cpu_ms_per_request": round(cpu / requests * 1e3, 2) if requests else None,
             "tokens_per_cpu_second": round(tokens / cpu) if cpu else None,
-            "requests_per_s": round(requests / wall, 1), "tokens_per_s": round(tokens / wall)}
+            "requests_per_s": round(requests / wall, 1), "tokens_per_s": round(tokens / wall),
+            "worker_connections_opened": opened}
+
+
+def worker_connections(port: int) -> int:
+    return int(httpx.get(f"http://127.0.0.1:{port}/bench_stats", timeout=5).json()["connections"]) - 1  # this one
 
 
 def summary(rows: list[dict[str, Any]], workers: list[int]) -> list[dict[str, Any]]:

@@ -113,8 +113,12 @@ class ReplyReader:
         at once. An error after some events is kept in `failure`, to raise once they are out."""
         events: list[EngineEvent] = []
         run: list[_Piece] = []
-        if self.cumulative and len(payloads) > 1:
-            payloads = _latest(payloads)
+        if len(payloads) > 1:
+            # Usually learned from a batch's first and last payloads: a relay that is behind from the start
+            # (a fast worker) receives a whole reply as its first batch.
+            self.cumulative = self.cumulative or _repeats(payloads[0], payloads[-1])
+            if self.cumulative:
+                payloads = _latest(payloads)
         for data in payloads:
             try:
                 piece = self._piece(data)
@@ -191,7 +195,8 @@ class ReplyReader:
 
 def _latest(payloads: list[bytes]) -> list[bytes]:
     """Cumulative payloads without those the same choice's next payload supersedes (one that finishes or
-    fails a choice, or cannot be read, is always kept)."""
+    fails a choice, or cannot be read, is always kept, and so is one before a failure: its tokens leave
+    before the error)."""
     kept = []
     heads: list[_Head | None] = []
     for data in payloads:
@@ -201,10 +206,31 @@ def _latest(payloads: list[bytes]) -> list[bytes]:
             heads.append(None)
     for i, (data, head) in enumerate(zip(payloads, heads, strict=True)):
         following = heads[i + 1] if i + 1 < len(heads) else None
-        if head is None or following is None or head.error is not None or following.index != head.index or \
-                (head.meta_info is not None and head.meta_info.finish_reason is not None):
+        if head is None or following is None or following.index != head.index or _ends(head) or \
+                _fails(following):
             kept.append(data)
     return kept
+
+
+def _ends(head: _Head) -> bool:
+    """Whether a payload fails or finishes its choice."""
+    return head.error is not None or (head.meta_info is not None and head.meta_info.finish_reason is not None)
+
+
+def _fails(head: _Head) -> bool:
+    reason = head.meta_info.finish_reason if head.meta_info is not None else None
+    return head.error is not None or (reason is not None and reason.get("type") == "abort")
+
+
+def _repeats(first: bytes, last: bytes) -> bool:
+    """Whether the last payload repeats the first's tokens: it holds all of its choice's completion tokens
+    although the first, of the same choice, carried some (incremental output would hold fewer)."""
+    try:
+        a, b = _decode_chunk(first), _decode_chunk(last)
+    except msgspec.DecodeError:
+        return False
+    return (a.index or 0) == (b.index or 0) and bool(a.output_ids) and b.meta_info is not None and \
+        len(b.output_ids or ()) == b.meta_info.completion_tokens
 
 
 def _finish(reason: dict[str, Any] | None) -> FinishReason | None:

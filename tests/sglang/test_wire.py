@@ -350,6 +350,36 @@ def test_a_cumulative_worker_s_superseded_payloads_are_skipped_with_the_same_eve
     assert not incremental.cumulative
 
 
+def test_a_whole_cumulative_reply_in_one_batch_is_read_from_its_last_payloads() -> None:
+    """A fast worker's whole reply arrives as the relay's first batch: cumulative output is recognised there
+    (the last payload repeats the first's tokens) and only the payloads that count are read."""
+    steps = [[1], [4], [5, 2], [], [3], [6], [2, 3]]
+    for logprobs in (False, True):
+        chunks = stream(steps, API.FinishStop(matched=0), incremental=False, logprobs=logprobs)
+        reference = ReplyReader(FakeTokenizer(), 1)
+        expected = [reference.read(c) for c in chunks]
+        reader = ReplyReader(FakeTokenizer(), 1)
+        [event] = reader.read_batch(chunks)
+        assert reader.cumulative and reader.done
+        assert event.token_ids == [t for e in expected if e for t in e.token_ids]
+        assert event.text == "".join(e.text for e in expected if e)
+        assert event.logprobs == ([lp for e in expected if e for lp in e.logprobs or []] if logprobs else None)
+    for incremental_steps in (steps, [[], [], [1, 2], [3]]):  # empty payloads first: never taken for cumulative
+        reader = ReplyReader(FakeTokenizer(), 1)
+        [event] = reader.read_batch(stream(incremental_steps, API.FinishStop(matched=0), incremental=True))
+        assert not reader.cumulative
+        assert event.token_ids == [t for step in incremental_steps for t in step]
+
+
+def test_a_cumulative_payload_before_an_abort_still_leaves() -> None:
+    reader = ReplyReader(FakeTokenizer(), 1)
+    reader.cumulative = True
+    abort = API.FinishAbort(message="worker out of memory", status_code=503)
+    events = reader.read_batch([reply([1], 1), reply([1, 2], 2), reply([1, 2, 3], 3, finish=abort)])
+    assert [e.token_ids for e in events] == [[1, 2]]
+    assert reader.failure is not None and reader.failure.status == 503
+
+
 def test_an_error_in_a_batch_comes_after_the_events_before_it() -> None:
     reader = ReplyReader(FakeTokenizer(), 1)
     abort = API.FinishAbort(message="worker out of memory", status_code=503)
