@@ -46,8 +46,13 @@ test: lint $(NODE_STAMP) $(CHROMIUM) $(POSTGRES)
 bench: setup
 	$(PY) -m bench.serving $(ARGS)
 
+# llama.cpp's server is compiled from source on first use (bench/llama_server.py).
+CMAKE := /usr/bin/cmake
+$(CMAKE):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++
+
 # Lodestar against llama.cpp's server and transformers serve on the same weights (docs/benchmarks.md).
-compare: setup
+compare: setup $(CMAKE)
 	$(PY) -m pip install --quiet -e '.[bench,test]'
 	$(PY) -m bench.compare $(ARGS)
 

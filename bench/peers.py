@@ -1,8 +1,9 @@
 """The servers the comparison benchmark runs: Lodestar and the peers users would pick instead.
 
-Peers live in their own virtual environments under `bench/.peers/` (created on first use; never Lodestar
-dependencies), and serve the very weights Lodestar serves: llama.cpp's server the default model's GGUF
-file, `transformers serve` the folder Lodestar converted from it.
+Peers live under `bench/.peers/` (built on first use; never Lodestar dependencies): llama.cpp's
+`llama-server` compiled from source (bench/llama_server.py), `transformers serve` in its own virtual
+environment. They serve the very weights Lodestar serves: llama-server the default model's GGUF file,
+`transformers serve` the folder Lodestar converted from it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from typing import Any
 
 import httpx
 
+from bench.llama_server import LLAMA_CPP_PYTHON, llama_server_binary
 from tests.conftest import ROOT, free_port, start_server
 
 PEERS_DIR = ROOT / "bench" / ".peers"
 DATA_DIR = Path("~/.local/share/lodestar").expanduser()
-LLAMA_CPP_VERSION = "0.3.36"
-# The default model's end-of-turn tokens: banned with logit_bias where a server has no ignore_eos.
-QWEN_END_TOKENS = (151643, 151645)
+# The context each llama-server slot gets (its --ctx-size is divided among the slots).
+CONTEXT_PER_SLOT = 8192
 
 
 @dataclass
@@ -36,7 +37,10 @@ class Running:
     stop: Callable[[], None]
     no_eos: dict[str, Any]  # request fields that keep it generating until max_tokens
     session_headers: Callable[[str], dict[str, str]] = field(default=lambda _: {})
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every streamed request
     notes: str = ""
+    exit_code: Callable[[], int | None] = field(default=lambda: None)  # not None once the server has exited
+    log: Path | None = None
 
 
 def default_gguf() -> Path:
@@ -112,30 +116,32 @@ def _stopper(proc: subprocess.Popen) -> Callable[[], None]:
 def start_lodestar(logs: Path, *extra: str) -> Running:
     server = start_server(logs, "--model", "default", *extra)
     return Running("lodestar", server.base_url, "default", server.stop, {"ignore_eos": True},
-                   session_headers=lambda conv: {"X-Session-ID": conv})
+                   session_headers=lambda conv: {"X-Session-ID": conv}, exit_code=server.proc.poll,
+                   log=server.log_path)
 
 
-def start_llama_cpp(logs: Path, threads: int) -> Running:
-    """llama-cpp-python's OpenAI-compatible server on the same GGUF, with its RAM prompt cache on (its best
-    setting for multi-turn: a new prompt resumes from the longest cached prefix)."""
-    python = _venv("llama-cpp", [f"llama-cpp-python[server]=={LLAMA_CPP_VERSION}"],
-                   env={"CMAKE_ARGS": "-DGGML_NATIVE=ON", "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
+def start_llama_cpp(logs: Path, threads: int, slots: int) -> Running:
+    """llama.cpp's own server on the same GGUF: `slots` parallel slots (continuous batching), each with its
+    prompt cache, `--cache-reuse` on (a new prompt reuses cached chunks of 256+ tokens by shifting them)."""
+    binary = llama_server_binary()
     gguf = default_gguf()
     port = free_port()
-    log = logs / f"llama-cpp-{port}.log"
+    log = logs / f"llama-server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(python), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "default",
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--n_threads", str(threads),
-             "--n_threads_batch", str(threads), "--cache", "true", "--cache_type", "ram",
-             "--cache_size", str(2 << 30),
-             # by default a new request interrupts the one streaming: concurrent clients would be cut off
-             "--interrupt_requests", "false"], stdout=out, stderr=subprocess.STDOUT)
-    _wait(proc, f"http://127.0.0.1:{port}/v1/models", log)
-    return Running("llama.cpp", f"http://127.0.0.1:{port}", "default", _stopper(proc),
-                   {"logit_bias": {str(t): -100 for t in QWEN_END_TOKENS}},
-                   notes=f"llama-cpp-python {LLAMA_CPP_VERSION} (built with GGML_NATIVE), same GGUF, RAM prompt "
-                         "cache 2 GiB")
+            [str(binary), "--model", str(gguf), "--alias", "default", "--host", "127.0.0.1", "--port", str(port),
+             "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(slots),
+             "--ctx-size", str(CONTEXT_PER_SLOT * slots), "--cache-reuse", "256", "--no-webui"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    _wait(proc, f"http://127.0.0.1:{port}/health", log)
+    # llama-server shuts a connection down after each streamed response although its headers say keep-alive
+    # (strace: shutdown(SHUT_WR) right after the last chunk): a client that reuses the connection reads EOF,
+    # "Server disconnected without sending a response". Each streamed request therefore asks for a new one.
+    return Running("llama.cpp", f"http://127.0.0.1:{port}", "default", _stopper(proc), {"ignore_eos": True},
+                   headers={"Connection": "close"},
+                   notes=f"llama-server from llama-cpp-python {LLAMA_CPP_PYTHON}'s llama.cpp (GGML_NATIVE), same "
+                         f"GGUF, {slots} slots of {CONTEXT_PER_SLOT} tokens, --cache-reuse 256",
+                   exit_code=proc.poll, log=log)
 
 
 def start_transformers(logs: Path) -> Running:
@@ -157,9 +163,9 @@ def start_transformers(logs: Path) -> Running:
                    {}, notes="transformers serve, fp32, same weights")
 
 
-def start_llama_cpp_or_none(logs: Path, threads: int) -> Running | str:
+def start_llama_cpp_or_none(logs: Path, threads: int, slots: int) -> Running | str:
     try:
-        return start_llama_cpp(logs, threads)
+        return start_llama_cpp(logs, threads, slots)
     except Exception as exc:  # reported in the results: the peer did not run here
         return f"{type(exc).__name__}: {exc}"
 

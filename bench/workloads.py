@@ -43,7 +43,7 @@ def stream(server: Running, client: httpx.Client, messages: list[dict[str, Any]]
     start = time.perf_counter()
     stamps: list[float] = []
     usage, text = None, []
-    for chunk in stream_chunks(client, server.base_url, body, headers):
+    for chunk in stream_chunks(client, server.base_url, body, {**server.headers, **(headers or {})}):
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
