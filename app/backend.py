@@ -31,10 +31,10 @@ def build_served_model(settings: Settings) -> ServedModel:
     renderer = PromptRenderer(loaded.tokenizer, family, vision=loaded.vision)
     engine = EmbeddedEngine(loaded, scheduler=settings.scheduler, context_length=settings.backend.context_length)
     images = ImageLoader(settings.images) if engine.model_info.vision else None
-    fingerprint = "fp_" + hashlib.sha256(
-        f"{loaded.model_id}:{settings.backend.quantize}".encode()).hexdigest()[:10]
+    kernels = loaded.kernels.name if loaded.kernels is not None else settings.backend.quantize
+    fingerprint = "fp_" + hashlib.sha256(f"{loaded.model_id}:{kernels}".encode()).hexdigest()[:10]
     log.info("serving %s (family %s, context %d, %s)", loaded.model_id, family.name,
-             engine.model_info.context_length, settings.backend.quantize)
+             engine.model_info.context_length, kernels)
     reasoning = ReasoningSyntax.for_model(family, loaded.tokenizer, settings.reasoning.prompted_thinking)
     return ServedModel(engine=engine, renderer=renderer, fingerprint=fingerprint, images=images,
                        reasoning=reasoning)

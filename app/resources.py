@@ -49,10 +49,11 @@ class Health(msgspec.Struct):
     status: str
 
 
-class Ready(msgspec.Struct):
+class Ready(msgspec.Struct, omit_defaults=True):
     status: str
     model: str
     engine: dict[str, int]  # the engine's load and cache figures (as in /metrics)
+    kernels: dict[str, Any] | None = None  # the embedded engine's choice of weight format and matmul library
 
 
 class RequestCheck(msgspec.Struct):

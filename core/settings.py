@@ -53,7 +53,8 @@ class LimitSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
 class BackendSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     model: str = "default"  # catalog id or alias, .gguf file, or Hugging Face folder
     engine: Literal["embedded", "sglang"] = "embedded"  # sglang: SGLang workers on GPUs (docs/deployment.md)
-    quantize: Literal["int8", "none"] = "int8"  # int8 dynamic quantization of Linear layers
+    # Linear layers' weights: auto = the format and library fastest on this CPU (engines/embedded/kernels.py)
+    quantize: Literal["auto", "int8", "bf16", "none"] = "auto"
     context_length: Positive | None = None  # cap below the model's own context length
 
 

@@ -28,6 +28,8 @@ class ModelInfo:
     # Its answer to tool results is better with the tools left out of the prompt (small models retype
     # the call they made; docs/tools.md#answering-a-tool-result)
     hides_tools_after_results: bool = False
+    # The embedded engine's Linear layers: weight format, matmul library, how chosen (kernels.py; /ready)
+    kernels: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(slots=True)

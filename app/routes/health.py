@@ -18,5 +18,6 @@ async def health() -> Response[bytes]:
 @get("/ready", opt={"public": True})
 async def ready(state: State) -> Response[bytes]:
     served = served_model(state)
-    return Response(encode(Ready(status="ready", model=served.engine.model_info.id, engine=served.engine.stats())),
+    info = served.engine.model_info
+    return Response(encode(Ready(status="ready", model=info.id, engine=served.engine.stats(), kernels=info.kernels)),
                     media_type="application/json")

@@ -38,7 +38,8 @@ class EmbeddedEngine:
             created=int(time.time()),
             image_token_id=self.vision.image_token_id if self.vision else None, vocab_size=decoder.vocab_size,
             hides_tools_after_results=bool((entry := find_catalog_model(loaded.model_id))
-                                           and entry.hides_tools_after_results))
+                                           and entry.hides_tools_after_results),
+            kernels=loaded.kernels.describe() if loaded.kernels is not None else None)
         self.tokenizer: Any = loaded.tokenizer
         self.max_queue = scheduler.max_queue
         self.grammars = GrammarCompiler(loaded.tokenizer, decoder.vocab_size, scheduler.grammar_cache_entries)

@@ -14,9 +14,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engines.embedded.catalog import CatalogModel, find_catalog_model
+
+if TYPE_CHECKING:
+    from engines.embedded.kernels import KernelChoice
 
 log = logging.getLogger("lodestar.loader")
 
@@ -32,6 +35,7 @@ class LoadedModel:
     model_id: str
     aliases: tuple[str, ...]
     folder: Path | None = None  # where the weights were loaded from (the image processor's config lives there)
+    kernels: KernelChoice | None = None  # the Linear layers' weight format and matmul library
 
     @property
     def vision(self) -> bool:
@@ -169,10 +173,14 @@ def folder_chat_template(folder: Path) -> str | None:
     return None
 
 
-def load_model(name: str, data_dir: Path, *, quantize: str = "int8") -> LoadedModel:
+def load_model(name: str, data_dir: Path, *, quantize: str = "auto") -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
+    from engines.embedded import kernels
+
+    if quantize not in ("auto", "int8", "bf16", "none"):
+        raise ValueError(f"unknown quantization {quantize!r} (use auto, int8, bf16 or none)")
     folder, model_id, aliases = resolve_model_folder(name, data_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if not getattr(tokenizer, "chat_template", None):
@@ -182,12 +190,10 @@ def load_model(name: str, data_dir: Path, *, quantize: str = "int8") -> LoadedMo
     model = auto.from_pretrained(folder, dtype=torch.float32)
     model.eval()
     model.requires_grad_(False)
-    if quantize == "int8":
-        # Per-channel weight scales: per-tensor ones wreck small models (SmolLM2 emits gibberish).
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        model = torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    elif quantize != "none":
-        raise ValueError(f"unknown quantization {quantize!r} (use int8 or none)")
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, aliases=aliases, folder=folder)
+    config = getattr(model.config, "text_config", None) or model.config
+    choice = kernels.choose(quantize, (config.intermediate_size, config.hidden_size))
+    log.info("kernels: %s (%s; CPU flags %s; ms per MLP matmul at 1 row %s, at 64 rows %s)", choice.name,
+             choice.chosen_by, " ".join(choice.cpu) or "unknown", choice.decode_ms or "-", choice.prefill_ms or "-")
+    converted: Any = kernels.apply(model, choice)
+    return LoadedModel(model=converted, tokenizer=tokenizer, model_id=model_id, aliases=aliases, folder=folder,
+                       kernels=choice)

@@ -39,7 +39,7 @@ def test_defaults() -> None:
     assert s == Settings()
     assert s.server.host == "127.0.0.1" and s.server.port == 8000
     assert s.server.api_keys == () and s.server.allow_unauthenticated is False
-    assert s.backend.model == "default" and s.backend.engine == "embedded" and s.backend.quantize == "int8"
+    assert s.backend.model == "default" and s.backend.engine == "embedded" and s.backend.quantize == "auto"
     connections = s.connections
     assert connections.max_body_bytes == 32 * 1024 * 1024
     assert (connections.header_timeout_s, connections.body_timeout_s, connections.max_header_bytes,

@@ -40,3 +40,24 @@ def test_multi_turn_context(qwen):
                   {"role": "assistant", "content": "Nice to meet you, Ada! I'll remember your name."},
                   {"role": "user", "content": "What is my name?"}])
     assert "Ada" in resp.choices[0].message.content
+
+
+def test_the_kernels_picked_for_this_cpu_are_shown_and_serve(default_server, qwen):
+    """--quantize auto (the default): the loader timed the candidates on this CPU; /ready says which it kept,
+    the fingerprint names it, and the model answers on it."""
+    import hashlib
+
+    import httpx
+
+    from engines.embedded.kernels import candidates
+
+    kernels = httpx.get(f"{default_server.base_url}/ready", timeout=30).json()["kernels"]
+    assert kernels["chosen_by"] == "measured"
+    assert set(kernels["decode_ms"]) == set(candidates("auto"))
+    kept = f"{kernels['weights']}-{kernels['library']}" if kernels["library"] else kernels["weights"]
+    assert kernels["decode_ms"][kept] <= min(kernels["decode_ms"].values()) * 1.05
+    resp = qwen.chat.completions.create(model="default", temperature=0, max_tokens=12,
+                                        messages=[{"role": "user", "content": "Say hello."}])
+    assert resp.choices[0].message.content
+    expected = "fp_" + hashlib.sha256(f"{resp.model}:{kept}".encode()).hexdigest()[:10]
+    assert resp.system_fingerprint == expected
