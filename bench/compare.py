@@ -46,6 +46,7 @@ def measure(server: Running, quick: bool, budget_s: float) -> dict[str, Any]:
         ("multi_turn", lambda: workloads.multi_turn(
             server, conversations=2 if quick else 4, turns=3 if quick else 10, reply_tokens=16 if quick else 24)),
         ("tool_calls", lambda: workloads.tool_calls(server, requests=5 if quick else 50)),
+        ("editing", lambda: workloads.editing(server, repeats=2 if quick else 6, max_tokens=160 if quick else 400)),
     ]
     stopped: str | None = None  # why the workloads left are not run
     for name, step in steps:
@@ -104,6 +105,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         versus("multi_turn", lambda r: r["ttft_by_turn_s"][-1]), "<= 0.1", lambda v: v <= 0.1)
     row("decode tokens/s, one stream, Lodestar / llama.cpp",
         versus("single_stream", lambda r: r["decode_tokens_per_s"]), ">= 1.0", lambda v: v >= 1.0)
+    row("decode tokens/s on the editing workload, Lodestar / llama.cpp",
+        versus("editing", lambda r: r["decode_tokens_per_s"]), ">= 1.5", lambda v: v >= 1.5)
     row("TTFT of the longest prompt, Lodestar / llama.cpp",
         versus("single_stream", lambda r: r["ttft_s"][max(r["ttft_s"], key=int)]), "<= 0.25", lambda v: v <= 0.25)
 

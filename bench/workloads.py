@@ -157,3 +157,67 @@ def tool_calls(server: Running, requests: int) -> dict[str, Any]:
                 pass
     return {"requests": requests, "valid_share": valid / requests,
             "completion_tokens_per_s": tokens / elapsed if elapsed else 0.0}
+
+
+# Workload 5's file: code an agent asks the model to edit and give back whole, most of it copied unchanged
+# (what prompt-lookup decoding pays on). ~40 lines, ~330 tokens.
+EDIT_SOURCE = '''import json
+from pathlib import Path
+
+
+class Inventory:
+    """Items and their counts, saved as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: dict[str, int] = {}
+        if path.exists():
+            self.items = json.loads(path.read_text())
+
+    def add(self, name: str, count: int = 1) -> None:
+        if count <= 0:
+            raise ValueError("count must be positive")
+        self.items[name] = self.items.get(name, 0) + count
+
+    def remove(self, name: str, count: int = 1) -> None:
+        have = self.items.get(name, 0)
+        if count > have:
+            raise ValueError(f"only {have} of {name} left")
+        self.items[name] = have - count
+        if self.items[name] == 0:
+            del self.items[name]
+
+    def total(self) -> int:
+        return sum(self.items.values())
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.items, indent=2, sort_keys=True))
+
+
+def main() -> None:
+    inventory = Inventory(Path("inventory.json"))
+    inventory.add("apple", 3)
+    inventory.add("pear")
+    inventory.remove("apple")
+    print(inventory.total())
+    inventory.save()
+'''
+EDITS = ("Rename the method `total` to `count_all` everywhere.", "Rename the class `Inventory` to `Stock` everywhere.",
+         "Change the default `count` of `add` and `remove` from 1 to 2.")
+
+
+def editing(server: Running, repeats: int, max_tokens: int) -> dict[str, Any]:
+    """Workload 5: an edit of a code file returned whole (greedy): decode tokens/s and how many tokens."""
+    rates, tokens = [], []
+    with httpx.Client(timeout=900) as client:
+        for i in range(repeats):
+            messages = [{"role": "user", "content": f"{EDITS[i % len(EDITS)]} Reply with the whole file in one "
+                                                    f"Python code block and nothing else.\n\n```python\n"
+                                                    f"{EDIT_SOURCE}```"}]
+            r = stream(server, client, messages, max_tokens)
+            count = r["usage"].get("completion_tokens") or len(r["stamps"])
+            if len(r["stamps"]) > 1:
+                rates.append((count - 1) / (r["stamps"][-1] - r["stamps"][0]))
+                tokens.append(count)
+    return {"decode_tokens_per_s": statistics.median(rates) if rates else 0.0,
+            "completion_tokens": statistics.median(tokens) if tokens else 0, "runs": rates}
