@@ -15,16 +15,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+from engines.embedded.kernels import cpu_flags
+
 LLAMA_CPP_PYTHON = "0.3.36"  # vendors llama.cpp 0c1e570, tools/server included
 FOLDER = Path(__file__).resolve().parent / ".peers" / "llama-server"
 _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def cmake_args() -> list[str]:
@@ -32,7 +27,7 @@ def cmake_args() -> list[str]:
     args = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF",
             "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_OPENSSL=OFF",
             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
-    if "amx_tile" in cpu_flags():
+    if "amx_tile" in cpu_flags():  # /proc/cpuinfo's flags, as the engine reads them
         args += [f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
     return args
 

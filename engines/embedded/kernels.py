@@ -13,7 +13,6 @@ candidates as the scheduler's threads would.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger("lodestar.kernels")
 
 _INT8_LIBRARIES = ("fbgemm", "x86", "onednn")  # torch's quantized engines for x86 (qnnpack is ARM's)
 DEFAULT_LIBRARY = torch.backends.quantized.engine
@@ -100,7 +97,7 @@ def choose(setting: str, mlp_shape: tuple[int, int]) -> KernelChoice:
     best = next(n for n in close if not prefill or prefill[n] <= min(prefill.values()) * _TIE)
     torch.backends.quantized.engine = DEFAULT_LIBRARY
     return named_choice(best, "measured", {n: round(v, 4) for n, v in decode.items()},
-                   {n: round(v, 4) for n, v in prefill.items()})
+                        {n: round(v, 4) for n, v in prefill.items()})
 
 
 def apply(model: torch.nn.Module, choice: KernelChoice) -> torch.nn.Module:
@@ -109,7 +106,7 @@ def apply(model: torch.nn.Module, choice: KernelChoice) -> torch.nn.Module:
 
 
 def named_choice(name: str, chosen_by: str, decode: dict[str, float] | None = None,
-            prefill: dict[str, float] | None = None) -> KernelChoice:
+                 prefill: dict[str, float] | None = None) -> KernelChoice:
     weights, _, library = name.partition("-")
     return KernelChoice(weights, library or None, chosen_by, cpu_flags(), decode or {}, prefill or {})
 

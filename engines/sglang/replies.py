@@ -93,6 +93,7 @@ class ReplyReader:
     # The worker streams cumulative output_ids (SGLang's default), as its payloads have shown: then a payload
     # followed by the same choice's next one in a batch says nothing the next does not, and is skipped.
     cumulative: bool = field(default=False, init=False)
+    _mode_known: bool = field(default=False, init=False)  # a batch has shown which, so no batch checks again
 
     def __post_init__(self) -> None:
         self.choices = [_ChoiceState(IncrementalDetokenizer(self.tokenizer)) for _ in range(self.n)]
@@ -114,9 +115,12 @@ class ReplyReader:
         events: list[EngineEvent] = []
         run: list[_Piece] = []
         if len(payloads) > 1:
-            # Usually learned from a batch's first and last payloads: a relay that is behind from the start
-            # (a fast worker) receives a whole reply as its first batch.
-            self.cumulative = self.cumulative or _repeats(payloads[0], payloads[-1])
+            # Usually learned from a batch's first and last payloads (once per request): a relay that is
+            # behind from the start (a fast worker) receives a whole reply as its first batch.
+            if not self.cumulative and not self._mode_known:
+                verdict = _repeats(payloads[0], payloads[-1])
+                self._mode_known = verdict is not None
+                self.cumulative = bool(verdict)
             if self.cumulative:
                 payloads = _latest(payloads)
         for data in payloads:
@@ -222,15 +226,17 @@ def _fails(head: _Head) -> bool:
     return head.error is not None or (reason is not None and reason.get("type") == "abort")
 
 
-def _repeats(first: bytes, last: bytes) -> bool:
+def _repeats(first: bytes, last: bytes) -> bool | None:
     """Whether the last payload repeats the first's tokens: it holds all of its choice's completion tokens
-    although the first, of the same choice, carried some (incremental output would hold fewer)."""
+    although the first, of the same choice, carried some (incremental output would hold fewer). None when
+    the two cannot tell (other choices, no tokens first, unreadable)."""
     try:
         a, b = _decode_chunk(first), _decode_chunk(last)
     except msgspec.DecodeError:
-        return False
-    return (a.index or 0) == (b.index or 0) and bool(a.output_ids) and b.meta_info is not None and \
-        len(b.output_ids or ()) == b.meta_info.completion_tokens
+        return None
+    if (a.index or 0) != (b.index or 0) or not a.output_ids or b.meta_info is None:
+        return None
+    return len(b.output_ids or ()) == b.meta_info.completion_tokens
 
 
 def _finish(reason: dict[str, Any] | None) -> FinishReason | None:

@@ -368,6 +368,7 @@ def test_a_whole_cumulative_reply_in_one_batch_is_read_from_its_last_payloads() 
         reader = ReplyReader(FakeTokenizer(), 1)
         [event] = reader.read_batch(stream(incremental_steps, API.FinishStop(matched=0), incremental=True))
         assert not reader.cumulative
+        assert reader._mode_known == bool(incremental_steps[0])  # shown once, not checked again per batch
         assert event.token_ids == [t for step in incremental_steps for t in step]
 
 
