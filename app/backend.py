@@ -22,8 +22,8 @@ def build_served_model(settings: Settings) -> ServedModel:
 
         return build_sglang_model(settings)
     from engines.embedded.engine import EmbeddedEngine
+    from engines.embedded.kernels import use_one_torch_thread
     from engines.embedded.loader import load_model
-    from engines.embedded.scheduler import use_one_torch_thread
 
     use_one_torch_thread()  # only the scheduler's thread computes in parallel
     loaded = load_model(settings.backend.model, settings.data_path(), quantize=settings.backend.quantize)

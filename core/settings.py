@@ -69,6 +69,8 @@ class SchedulerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_on
     prefix_cache_bytes: Count = 1 << 30  # KV of cached prompt prefixes kept for reuse; 0 = off
     vision_cache_entries: Count = 32  # vision-encoder outputs kept by content hash
     grammar_cache_entries: Count = 128  # compiled grammars kept by content hash
+    # most tokens prompt lookup drafts per choice and step for speculative decoding; 0 = off
+    lookup_tokens: Annotated[int, Meta(ge=0, le=64)] = 8
 
 
 class SGLangSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

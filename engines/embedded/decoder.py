@@ -135,27 +135,38 @@ class Decoder:
 
     def decode(self, caches: list[KVCache], token_ids: list[int]) -> torch.Tensor:
         """Append one token to each sequence, batched; return logits of shape [batch, vocab]."""
-        b = len(caches)
-        for cache in caches:
-            cache.reserve(cache.length + 1)
-        x = self.embed(torch.tensor(token_ids, dtype=torch.long).unsqueeze(1))
+        return self.extend(caches, [[token] for token in token_ids])
+
+    def extend(self, caches: list[KVCache], rows: list[list[int]]) -> torch.Tensor:
+        """Append a few tokens to each sequence (one when decoding; with drafted tokens when speculating),
+        batched; return the logits after every appended token, sequence after sequence: [tokens, vocab]."""
+        counts = [len(tokens) for tokens in rows]
+        total = sum(counts)
         lengths = [cache.length for cache in caches]
-        positions = [cache.length + cache.position_offset for cache in caches]
-        cos, sin = self.rotary(x, torch.tensor(positions, dtype=torch.long).unsqueeze(1))
+        for cache, count in zip(caches, counts, strict=True):
+            cache.reserve(cache.length + count)
+        x = self.embed(torch.tensor([t for tokens in rows for t in tokens], dtype=torch.long).unsqueeze(0))
+        positions = [cache.length + cache.position_offset + i for cache, count in zip(caches, counts, strict=True)
+                     for i in range(count)]
+        cos, sin = self.rotary(x, torch.tensor(positions, dtype=torch.long).unsqueeze(0))
+        # Drafted tokens see the cache and, causally, each other.
+        masks = [None if count == 1 else torch.ones(count, pos + count, dtype=torch.bool).tril(diagonal=pos)
+                 for pos, count in zip(lengths, counts, strict=True)]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = self._project_qkv(attn, layer.input_layernorm(x), cos, sin)
-            outs = []
+            q, k, v = self._project_qkv(attn, layer.input_layernorm(x), cos, sin)  # [1, heads, tokens, dim]
+            outs, at = [], 0
             for j, cache in enumerate(caches):
-                pos = lengths[j]
-                cache.k[i, :, pos] = k[j, :, 0]
-                cache.v[i, :, pos] = v[j, :, 0]
+                pos, end = lengths[j], lengths[j] + counts[j]
+                cache.k[i, :, pos:end] = k[0, :, at : at + counts[j]]
+                cache.v[i, :, pos:end] = v[0, :, at : at + counts[j]]
                 outs.append(F.scaled_dot_product_attention(
-                    q[j : j + 1], cache.k[i, :, : pos + 1].unsqueeze(0),
-                    cache.v[i, :, : pos + 1].unsqueeze(0), scale=self.scale, enable_gqa=True))
-            out = torch.cat(outs) if b > 1 else outs[0]
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(b, 1, -1))
+                    q[:, :, at : at + counts[j]], cache.k[i, :, :end].unsqueeze(0),
+                    cache.v[i, :, :end].unsqueeze(0), attn_mask=masks[j], scale=self.scale, enable_gqa=True))
+                at += counts[j]
+            out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, total, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        for cache in caches:
-            cache.length += 1
-        return self.lm_head(self.norm(x[:, 0]))
+        for cache, count in zip(caches, counts, strict=True):
+            cache.length += count
+        return self.lm_head(self.norm(x[0]))

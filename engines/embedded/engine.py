@@ -55,7 +55,9 @@ class EmbeddedEngine:
 
     def stats(self) -> dict[str, int]:
         figures = {"running": self._scheduler.batch_size, "waiting": self._scheduler.waiting_count(),
-                   "requests": len(self._groups), "decode_steps": self._scheduler.decode_steps}
+                   "requests": len(self._groups), "decode_steps": self._scheduler.decode_steps,
+                   "lookup_drafted_tokens": self._scheduler.drafted_tokens,
+                   "lookup_kept_tokens": self._scheduler.kept_tokens}
         if self.vision is not None:
             figures.update(self.vision.stats())
         figures.update(self.grammars.stats())

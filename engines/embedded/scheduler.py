@@ -24,6 +24,8 @@ from engines.base import EngineError, EngineEvent, FinishReason, RequestFacts, T
 from engines.detokenizer import IncrementalDetokenizer
 from engines.embedded.decoder import Decoder
 from engines.embedded.grammar import GrammarCompiler
+from engines.embedded.kernels import use_one_torch_thread
+from engines.embedded.lookup import PromptLookup
 from engines.embedded.policy import BatchPolicy, Prefill
 from engines.embedded.prefix_cache import PrefixCache, image_keys
 from engines.embedded.sampler import ChoiceSampler
@@ -32,18 +34,6 @@ from engines.embedded.vision import QwenVision
 from engines.thinking import ThinkingTracker
 
 log = logging.getLogger("lodestar.scheduler")
-
-
-def use_one_torch_thread() -> None:
-    """Make the calling thread, and threads that first use torch after this call, compute single-threaded.
-
-    Only the scheduler thread should run torch ops in parallel. Every thread that does gets its own OpenMP
-    pool, and once the pools hold more threads than there are cores, libgomp stops spinning between
-    parallel regions: each of the ~1,000 ops of a decode step then waits for a sleeping worker to wake.
-    Measured on 2 cores: decode 30% slower, the process at 1.3 busy cores instead of 2. Call this before
-    loading the model (loading would otherwise create a pool that lives on in its thread).
-    """
-    torch.set_num_threads(1)
 
 
 class Scheduler:
@@ -64,6 +54,8 @@ class Scheduler:
         self._threads_set = threading.Event()
         self._stopping = False
         self.decode_steps = 0
+        self.drafted_tokens = 0  # prompt lookup's drafts, and how many of them were kept
+        self.kept_tokens = 0
 
     # -- called from the event loop -------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +156,11 @@ class Scheduler:
         try:
             assert group.cache is not None
             chunk = group.req.prompt_ids[work.start : work.end]
-            extra = self._vision_inputs(group, chunk, work.end) if group.req.images else {}
+            extra = {}
+            if group.req.images:
+                if self.vision is None:
+                    raise ValueError("this model does not accept images")
+                extra = self.vision.chunk_inputs(group, chunk, work.end)
             logits = self.decoder.prefill(group.cache, chunk, **extra)
             if not work.last:
                 self.policy.prefilled(group, work.end)
@@ -186,28 +182,6 @@ class Scheduler:
             group.emit(exc if isinstance(exc, EngineError) else EngineError(f"prefill failed: {exc}"))
             return []
 
-    def _vision_inputs(self, group: Group, chunk: list[int], end: int) -> dict[str, Any]:
-        """M-RoPE positions and image embeddings for one prefill chunk of a prompt with images."""
-        if self.vision is None:
-            raise ValueError("this model does not accept images")
-        assert group.cache is not None
-        if group.positions is None:  # first chunk: encode every image of the prompt once
-            group.positions, group.cache.position_offset = self.vision.positions(group.req.prompt_ids,
-                                                                                 group.req.images)
-            group.image_embeds = self.vision.encode(group.req.images)
-        start = end - len(chunk)
-        extra: dict[str, Any] = {"positions": group.positions[:, start:end]}
-        mask = torch.tensor(chunk) == self.vision.image_token_id
-        count = int(mask.sum())
-        if count:
-            assert group.image_embeds is not None
-            rows = group.image_embeds[group.image_rows_used : group.image_rows_used + count]
-            if rows.shape[0] != count:
-                raise ValueError("the prompt has more image tokens than its images have embeddings")
-            group.image_rows_used += count
-            extra["embeds"] = (mask, rows)
-        return extra
-
     def _start_choices(self, group: Group, logits: torch.Tensor) -> list[Sequence]:
         """The group's n choices, each with its first token; those that go on decoding."""
         req = group.req
@@ -225,6 +199,8 @@ class Scheduler:
                 choice.grammar = self.grammars.state(req.constraint)
             if req.thinking is not None:
                 choice.thinking = ThinkingTracker(req.thinking)
+            if self.config.lookup_tokens:
+                choice.lookup = PromptLookup(req.prompt_ids, self.config.lookup_tokens)
             token, logprob = choice.pick(logits if choice.grammar is None else logits.clone())
             if self._advance(choice, token, logprob):
                 started.append(choice)
@@ -232,20 +208,23 @@ class Scheduler:
         return started
 
     def _decode(self, batch: list[Sequence]) -> None:
+        """One decode step over the batch; a choice with drafted tokens has them checked in the same pass."""
+        drafts = [self._draft(choice) for choice in batch]
         try:
-            logits = self.decoder.decode([c.cache for c in batch], [c.last_token for c in batch]).float()
+            logits = self.decoder.extend([c.cache for c in batch],
+                                         [[c.last_token, *draft] for c, draft in zip(batch, drafts, strict=True)])
         except Exception as exc:
             log.exception("decode step failed")
             self.policy.decoded([])
             for group in {c.group for c in batch}:
                 group.emit(EngineError(f"decode failed: {exc}"))
             return
+        logits = logits.float()
         self.decode_steps += 1
-        still = []
-        for row, choice in enumerate(batch):
+        still, row = [], 0
+        for choice, draft in zip(batch, drafts, strict=True):
             try:
-                token, logprob = choice.pick(logits[row])
-                if self._advance(choice, token, logprob):
+                if self._verify(choice, draft, logits[row : row + len(draft) + 1]):
                     still.append(choice)
             except EngineError as exc:  # the request's own failure (its grammar gave up), not the engine's
                 log.warning("request %s failed: %s", choice.group.req.request_id, exc)
@@ -255,13 +234,48 @@ class Scheduler:
                 log.exception("sampling failed for %s", choice.group.req.request_id)
                 choice.group.aborted = True
                 choice.group.emit(EngineError(f"sampling failed: {exc}"))
+            row += len(draft) + 1
         self.policy.decoded(still)
+
+    def _draft(self, choice: Sequence) -> list[int]:
+        """Tokens prompt lookup proposes after the choice's last one, no more than it may still generate."""
+        if choice.lookup is None or choice.forced:
+            return []
+        room = min(choice.group.req.sampling.max_new_tokens - choice.generated - 1,
+                   self.context_length - choice.cache.length - 2)
+        return choice.lookup.draft(room)
+
+    def _verify(self, choice: Sequence, draft: list[int], rows: torch.Tensor) -> bool:
+        """Pick a token from each row in turn (the row after the last token, then after each drafted one)
+        while the picks equal the drafted tokens: every pick is made exactly as without a draft, so the
+        output is the same; the cache keeps the drafted tokens up to the last one picked. Return whether
+        the choice keeps decoding."""
+        start = choice.cache.length - len(draft)  # the cache as if only the last token had been appended
+        kept, going = 0, True
+        for i in range(len(draft) + 1):
+            choice.cache.length = start + i
+            token, logprob = choice.pick(rows[i])
+            going = self._advance(choice, token, logprob)
+            if i == len(draft) or token != draft[i]:
+                break
+            kept += 1
+            if not going:
+                break
+        if draft:
+            assert choice.lookup is not None
+            choice.lookup.verified(len(draft), kept)
+            self.drafted_tokens += len(draft)
+            self.kept_tokens += kept
+        return going
+
     def _advance(self, choice: Sequence, token: int, logprob: TokenLogprob | None) -> bool:
         """Record a sampled token and emit it; return whether the choice keeps decoding."""
         group = choice.group
         req = group.req
         choice.generated += 1
         choice.last_token = token
+        if choice.lookup is not None:
+            choice.lookup.append(token)
         finish: FinishReason | None = None
         if token in req.sampling.stop_token_ids and not choice.last_forced:
             finish, text = "stop", choice.detok.flush()

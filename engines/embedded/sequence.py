@@ -14,6 +14,7 @@ from engines.base import EngineEvent, EngineRequest, TokenLogprob
 from engines.detokenizer import IncrementalDetokenizer
 from engines.embedded.decoder import KVCache
 from engines.embedded.grammar import GrammarState
+from engines.embedded.lookup import PromptLookup
 from engines.embedded.prefix_cache import Match
 from engines.embedded.sampler import ChoiceSampler
 from engines.thinking import ThinkingTracker
@@ -43,7 +44,7 @@ class Group:
 
 @dataclass(eq=False, slots=True)
 class Sequence:
-    """One choice of a group being decoded: its KV cache, sampler, detokenizer and grammar."""
+    """One choice of a group being decoded: its KV cache, sampler, detokenizer, grammar and prompt lookup."""
 
     group: Group
     index: int
@@ -52,6 +53,7 @@ class Sequence:
     detok: IncrementalDetokenizer
     grammar: GrammarState | None = None
     thinking: ThinkingTracker | None = None
+    lookup: PromptLookup | None = None  # drafts tokens for speculative decoding
     forced: deque[int] = field(default_factory=deque)  # inserted tokens still to feed (a reasoning close)
     last_forced: bool = False
     last_token: int = 0

@@ -13,11 +13,14 @@ import itertools
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engines.base import EngineImage
+
+if TYPE_CHECKING:
+    from engines.embedded.sequence import Group
 
 
 class QwenVision:
@@ -100,6 +103,26 @@ class QwenVision:
                 current += length
                 start += length
         return pos, current - len(token_ids)
+
+    def chunk_inputs(self, group: Group, chunk: list[int], end: int) -> dict[str, Any]:
+        """M-RoPE positions and image embeddings for one prefill chunk (ending at `end`) of a prompt with
+        images; the first chunk encodes every image of the prompt once and keeps the result on the group."""
+        assert group.cache is not None
+        if group.positions is None:
+            group.positions, group.cache.position_offset = self.positions(group.req.prompt_ids, group.req.images)
+            group.image_embeds = self.encode(group.req.images)
+        start = end - len(chunk)
+        extra: dict[str, Any] = {"positions": group.positions[:, start:end]}
+        mask = torch.tensor(chunk) == self.image_token_id
+        count = int(mask.sum())
+        if count:
+            assert group.image_embeds is not None
+            rows = group.image_embeds[group.image_rows_used : group.image_rows_used + count]
+            if rows.shape[0] != count:
+                raise ValueError("the prompt has more image tokens than its images have embeddings")
+            group.image_rows_used += count
+            extra["embeds"] = (mask, rows)
+        return extra
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -242,9 +242,9 @@ def sample(key: str) -> tuple[str, object]:
 
 
 def test_every_old_flat_name_still_sets_its_field(tmp_path: Path) -> None:
-    """Each of the 87 settings by its old flat name (and the 4 added since: workers and the store), in all
-    three places: environment, flag, top-level TOML."""
-    assert len(FLAT_KEYS) == 87 + 5
+    """Each of the 87 settings by its old flat name (and the 6 added since: workers, the store, prompt
+    lookup), in all three places: environment, flag, top-level TOML."""
+    assert len(FLAT_KEYS) == 87 + 6
     for key, (section, name) in FLAT_KEYS.items():
         raw, expected = sample(key)
         if key == "host":

@@ -61,3 +61,47 @@ def test_the_kernels_picked_for_this_cpu_are_shown_and_serve(default_server, qwe
     assert resp.choices[0].message.content
     expected = "fp_" + hashlib.sha256(f"{resp.model}:{kept}".encode()).hexdigest()[:10]
     assert resp.system_fingerprint == expected
+
+
+SHAPES = '''import math
+
+
+def area(radius: float) -> float:
+    """The area of a circle."""
+    return math.pi * radius**2
+
+
+def describe(radius: float) -> str:
+    return f"a circle of radius {radius} has area {area(radius):.2f}"
+'''
+
+
+def engine_figures(base_url: str) -> dict[str, float]:
+    import httpx
+
+    figures = {}
+    for line in httpx.get(f"{base_url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("lodestar_engine_") and not line.startswith("#"):
+            name, value = line.split()
+            figures[name.removeprefix("lodestar_engine_").removesuffix("_total")] = float(value)
+    return figures
+
+
+def test_an_edit_is_copied_through_prompt_lookup(default_server, qwen):
+    """A file returned whole after a rename: most of the reply is in the prompt, so prompt lookup drafts it
+    and the model keeps the drafts; the reply arrives in fewer decode steps than it has tokens."""
+    before = engine_figures(default_server.base_url)
+    stream = qwen.chat.completions.create(
+        model="default", temperature=0, max_tokens=200, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Rename the function `area` to `surface` everywhere. Reply with "
+                                              f"the whole file in one Python code block.\n\n```python\n{SHAPES}```"}])
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    after = engine_figures(default_server.base_url)
+    assert "def surface(radius: float) -> float:" in text and "area(" not in text, text
+    assert "import math" in text and "def describe(radius: float) -> str:" in text, text
+    tokens = chunks[-1].usage.completion_tokens
+    kept = after["lookup_kept_tokens"] - before["lookup_kept_tokens"]
+    steps = after["decode_steps"] - before["decode_steps"]
+    assert kept >= tokens // 3, (kept, tokens)
+    assert steps < tokens * 0.7, (steps, tokens)

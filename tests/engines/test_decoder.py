@@ -94,6 +94,34 @@ def test_batched_decode_of_different_lengths_matches_decoding_alone(
     assert [c.length for c in batch_caches] == [len(p) + 4 for p in prompts]
 
 
+def test_extend_with_several_tokens_per_sequence_matches_decoding_them_one_by_one(
+        decoder: Decoder, prompt: list[int]) -> None:
+    """A speculative step: sequences of different lengths append 1, 4 and 3 tokens in one batch; every row of
+    logits equals decoding that sequence's tokens one at a time, and so do the caches afterwards."""
+    prompts = [prompt[:5], prompt[:19], prompt]
+    rows = [[17], [260, 5353, 357, 10370], [28, 624, 16545]]
+    batch_caches, alone_caches = [], []
+    for ids in prompts:
+        cache = decoder.new_cache(len(ids))
+        decoder.prefill(cache, ids)
+        batch_caches.append(cache)
+        alone_caches.append(cache.fork())
+
+    extended = decoder.extend(batch_caches, rows)
+    assert extended.shape == (8, decoder.vocab_size)
+    alone = torch.stack([decoder.decode([c], [t])[0] for c, tokens in zip(alone_caches, rows, strict=True)
+                         for t in tokens])
+    assert_close(extended, alone)
+    for batched, single in zip(batch_caches, alone_caches, strict=True):
+        assert batched.length == single.length
+        assert_close(batched.k[:, :, : batched.length], single.k[:, :, : single.length])
+    # A speculative step keeps a prefix of what it appended: cut back, decoding goes on as if never drafted.
+    cut, reference = batch_caches[1], decoder.new_cache(19)
+    cut.length -= 2
+    decoder.prefill(reference, prompt[:19] + rows[1][:2])
+    assert_close(decoder.decode([cut], [99])[0], decoder.decode([reference], [99])[0])
+
+
 def test_kv_cache_reserve_grows_and_keeps_contents(decoder: Decoder, prompt: list[int]) -> None:
     cache = decoder.new_cache(4)
     assert cache.capacity == 4 and cache.length == 0
