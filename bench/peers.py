@@ -113,9 +113,9 @@ def _stopper(proc: subprocess.Popen) -> Callable[[], None]:
     return stop
 
 
-def start_lodestar(logs: Path, *extra: str) -> Running:
+def start_lodestar(logs: Path, *extra: str, name: str = "lodestar") -> Running:
     server = start_server(logs, "--model", "default", *extra)
-    return Running("lodestar", server.base_url, "default", server.stop, {"ignore_eos": True},
+    return Running(name, server.base_url, "default", server.stop, {"ignore_eos": True},
                    session_headers=lambda conv: {"X-Session-ID": conv}, exit_code=server.proc.poll,
                    log=server.log_path)
 

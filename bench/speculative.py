@@ -1,6 +1,7 @@
 """Prompt-lookup speculative decoding on and off, on the same workloads, one server at a time.
 
     .venv/bin/python -m bench.speculative [--rounds 2] [--quick] [--out bench/results/speculative]
+    .venv/bin/python -m bench.speculative --step-cost    # what a decode step costs with 1..16 rows
 
 Lodestar with the default model runs with `--lookup-tokens 0` (off) and with the default (on), in turns
 (off, on, off, on, ...: a drift of the machine's speed hits both alike), each driven by the same client:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import httpx
 
 from bench import workloads
 from bench.compare import _cpu_model
-from bench.peers import Running, start_lodestar
+from bench.peers import DATA_DIR, Running, start_lodestar
 from engines.embedded.kernels import cpu_flags
 from tests.conftest import ROOT
 
@@ -49,9 +51,10 @@ def chat(server: Running, replies: int, max_tokens: int) -> dict[str, Any]:
             r = workloads.stream(server, client, messages, max_tokens, **sampling)
             count = r["usage"].get("completion_tokens") or len(r["stamps"])
             tokens += count
-            if len(r["stamps"]) > 1 and r["stamps"][-1] > r["stamps"][0]:
-                rates.append((count - 1) / (r["stamps"][-1] - r["stamps"][0]))
-    return {"decode_tokens_per_s": statistics.median(rates) if rates else 0.0, "completion_tokens": tokens}
+            steady = len(r["stamps"]) > 1 and r["stamps"][-1] > r["stamps"][0]
+            rates.append((count - 1) / (r["stamps"][-1] - r["stamps"][0]) if steady else 0.0)
+    return {"decode_tokens_per_s": statistics.median(rates) if rates else 0.0, "completion_tokens": tokens,
+            "per_reply": rates}
 
 
 def lookup_counts(server: Running) -> tuple[float, float]:
@@ -94,13 +97,47 @@ def figure(round_: dict[str, Any], workload: str) -> float:
     return float(data[FIGURES[workload]])
 
 
+def step_cost(repeats: int = 30) -> None:
+    """The default model's decode step (one sequence, 400 tokens cached) with 1..16 rows: the last token and
+    up to 15 drafted ones, as the engine runs it (its threads, its kernels)."""
+    import torch
+
+    from engines.embedded.decoder import Decoder
+    from engines.embedded.kernels import use_one_torch_thread
+    from engines.embedded.loader import load_model
+
+    use_one_torch_thread()
+    loaded = load_model("default", DATA_DIR)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    decoder = Decoder(loaded.model)
+    kernels = loaded.kernels.name if loaded.kernels else "?"
+    print(f"{_cpu_model()}; kernels {kernels}; flags {' '.join(cpu_flags())}")
+    with torch.inference_mode():
+        cache = decoder.new_cache(1024)
+        decoder.prefill(cache, list(range(1000, 1400)))
+        sizes = (1, 2, 3, 4, 6, 8, 12, 16)
+        times: dict[int, list[float]] = {rows: [] for rows in sizes}
+        for _ in range(repeats):  # interleaved, so that a drift of the machine's speed hits every size alike
+            for rows in sizes:
+                cache.length = 400
+                started = time.perf_counter()
+                decoder.extend([cache], [list(range(7, 7 + rows))])
+                times[rows].append(time.perf_counter() - started)
+        for rows in sizes:
+            print(f"  {rows:2d} rows: {1e3 * statistics.median(times[rows]):6.1f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--step-cost", action="store_true", help="only time a decode step by rows, and exit")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workloads", default=",".join(FIGURES), help="comma-separated, of " + ", ".join(FIGURES))
     parser.add_argument("--out", default=str(ROOT / "bench/results/speculative"))
     args = parser.parse_args()
+    if args.step_cost:
+        step_cost()
+        return
     out = Path(args.out)
     wanted = [w.strip() for w in args.workloads.split(",") if w.strip() in FIGURES]
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -120,6 +157,14 @@ def main() -> None:
         on = statistics.median(figure(r, workload) for r in results["on"])
         drafted = sum(r[workload]["lookup"]["drafted"] for r in results["on"])
         kept = sum(r[workload]["lookup"]["kept"] for r in results["on"])
+        if workload == "chat":  # reply by reply (same question, same sampling): the worst ratio too
+            pairs = [(statistics.median(r["chat"]["per_reply"][i] for r in results["on"]),
+                      statistics.median(r["chat"]["per_reply"][i] for r in results["off"]))
+                     for i in range(len(results["on"][0]["chat"]["per_reply"]))]
+            ratios = sorted(on_ / off_ for on_, off_ in pairs if off_)
+            results["summary"]["chat_replies"] = {"worst_ratio": ratios[0], "median_ratio": ratios[len(ratios) // 2],
+                                                  "ratios": ratios}
+            print(f"chat reply by reply: worst on/off {ratios[0]:.3f}, median {ratios[len(ratios) // 2]:.3f}")
         results["summary"][workload] = {"off": off, "on": on, "ratio": on / off if off else None,
                                         "kept_share": kept / drafted if drafted else None,
                                         "kept_per_round": kept / args.rounds}
