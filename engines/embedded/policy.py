@@ -32,7 +32,8 @@ class Prefill:
 @dataclass(frozen=True, slots=True)
 class Step:
     prefill: Prefill | None
-    decode: list[Sequence]  # one token each, batched; a prefill that ends starts choices that join them
+    # one token each (and any drafted ones), batched; a prefill that ends starts choices that join them
+    decode: list[Sequence]
 
 
 def _tenant(item: Sequence | Group) -> str | None:

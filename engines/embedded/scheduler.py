@@ -54,8 +54,7 @@ class Scheduler:
         self._threads_set = threading.Event()
         self._stopping = False
         self.decode_steps = 0
-        self.drafted_tokens = 0  # prompt lookup's drafts, and how many of them were kept
-        self.kept_tokens = 0
+        self.drafted_tokens = self.kept_tokens = 0  # prompt lookup's drafted tokens, and those kept
 
     # -- called from the event loop -------------------------------------------------------------
     def start(self) -> None:
@@ -211,15 +210,14 @@ class Scheduler:
         """One decode step over the batch; a choice with drafted tokens has them checked in the same pass."""
         drafts = [self._draft(choice) for choice in batch]
         try:
-            logits = self.decoder.extend([c.cache for c in batch],
-                                         [[c.last_token, *draft] for c, draft in zip(batch, drafts, strict=True)])
+            rows = [[c.last_token, *draft] for c, draft in zip(batch, drafts, strict=True)]
+            logits = self.decoder.extend([c.cache for c in batch], rows).float()
         except Exception as exc:
             log.exception("decode step failed")
             self.policy.decoded([])
             for group in {c.group for c in batch}:
                 group.emit(EngineError(f"decode failed: {exc}"))
             return
-        logits = logits.float()
         self.decode_steps += 1
         still, row = [], 0
         for choice, draft in zip(batch, drafts, strict=True):
@@ -243,13 +241,17 @@ class Scheduler:
             return []
         room = min(choice.group.req.sampling.max_new_tokens - choice.generated - 1,
                    self.context_length - choice.cache.length - 2)
-        return choice.lookup.draft(room)
+        try:
+            return choice.lookup.draft(room)
+        except Exception:  # a draft is only an offer: without one, the choice decodes a token as usual
+            log.exception("prompt lookup failed for %s; decoding without drafts", choice.group.req.request_id)
+            choice.lookup = None
+            return []
 
     def _verify(self, choice: Sequence, draft: list[int], rows: torch.Tensor) -> bool:
-        """Pick a token from each row in turn (the row after the last token, then after each drafted one)
-        while the picks equal the drafted tokens: every pick is made exactly as without a draft, so the
-        output is the same; the cache keeps the drafted tokens up to the last one picked. Return whether
-        the choice keeps decoding."""
+        """Pick from each row in turn (after the last token, then after each drafted one) while the picks equal
+        the drafted tokens, each pick made as without a draft; the cache keeps the drafted tokens up to the
+        last one picked. Return whether the choice keeps decoding."""
         start = choice.cache.length - len(draft)  # the cache as if only the last token had been appended
         kept, going = 0, True
         for i in range(len(draft) + 1):
@@ -261,8 +263,7 @@ class Scheduler:
             kept += 1
             if not going:
                 break
-        if draft:
-            assert choice.lookup is not None
+        if draft and choice.lookup is not None:
             choice.lookup.verified(len(draft), kept)
             self.drafted_tokens += len(draft)
             self.kept_tokens += kept

@@ -69,12 +69,13 @@ def test_history_grows_past_its_first_capacity() -> None:
 
 
 # -- the engine with and without drafts --------------------------------------------------------------------
-def generate(loaded: LoadedModel, requests: list[EngineRequest], lookup_tokens: int) -> tuple[list[Any], dict]:
+def generate(loaded: LoadedModel, requests: list[EngineRequest], lookup_tokens: int,
+             context_length: int | None = None) -> tuple[list[Any], dict]:
     """Run the requests concurrently on a fresh engine; their events per choice, and the engine's figures."""
 
     async def main() -> tuple[list[Any], dict]:
-        engine = EmbeddedEngine(loaded, scheduler=SchedulerSettings(
-            max_batch_size=4, prefill_chunk=256, prefix_cache_bytes=0, lookup_tokens=lookup_tokens))
+        engine = EmbeddedEngine(loaded, context_length=context_length, scheduler=SchedulerSettings(
+            max_batch_size=5, prefill_chunk=256, prefix_cache_bytes=0, lookup_tokens=lookup_tokens))
         try:
             async def one(req: EngineRequest) -> dict[int, list[EngineEvent]]:
                 by_choice: dict[int, list[EngineEvent]] = {}
@@ -113,8 +114,10 @@ def test_drafts_change_no_token_and_save_decode_steps(fp32: LoadedModel, chat_id
         sampled = copy_request(chat_ids, "sampled", temperature=0.8, top_p=0.95, seed=7)
         two = copy_request(chat_ids, "two", temperature=1.0, seed=3)
         two.n = 2
+        penalised = copy_request(chat_ids, "penalised", temperature=0.0, frequency_penalty=0.3,
+                                 presence_penalty=0.2, min_new_tokens=40, logit_bias={260: 2.0, 28: -1.5})
         return [copy_request(chat_ids, "greedy", temperature=0.0), sampled, two,
-                copy_request(chat_ids, "cut", temperature=0.0, max_new_tokens=13)]
+                copy_request(chat_ids, "cut", temperature=0.0, max_new_tokens=13), penalised]
 
     plain, plain_stats = generate(fp32, requests(), lookup_tokens=0)
     drafted, stats = generate(fp32, requests(), lookup_tokens=8)
@@ -154,3 +157,30 @@ def test_drafts_keep_logprobs_stops_and_grammar(fp32: LoadedModel, chat_ids, tok
     text = "".join(e.text for e in drafted[2][0])
     assert text.startswith("{") and '"text"' in text, text
     assert stats["lookup_kept_tokens"] > 0
+
+
+def test_a_draft_cut_by_the_context_length_ends_the_reply_as_without_drafts(fp32: LoadedModel, chat_ids) -> None:
+    """Near the end of the context the draft shrinks to what still fits: the reply ends at the same token,
+    with "length", as without drafts."""
+    prompt_tokens = len(copy_request(chat_ids, "x").prompt_ids)
+    plain, _ = generate(fp32, [copy_request(chat_ids, "edge", temperature=0.0)], 0, prompt_tokens + 20)
+    drafted, stats = generate(fp32, [copy_request(chat_ids, "edge", temperature=0.0)], 8, prompt_tokens + 20)
+    assert summary(drafted[0]) == summary(plain[0])
+    tokens, finish = summary(drafted[0])[0]
+    assert finish == "length" and len(tokens) == 20  # the prompt and the reply fill the context
+    assert stats["lookup_kept_tokens"] > 0
+
+
+def test_a_failing_draft_falls_back_to_plain_decoding(fp32: LoadedModel, chat_ids, monkeypatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Drafting is only an offer: if it raises, the choice decodes one token per step, to the same reply."""
+    plain, _ = generate(fp32, [copy_request(chat_ids, "plain", temperature=0.0)], 0)
+
+    def broken(self: PromptLookup, room: int) -> list[int]:
+        raise RuntimeError("lookup broke")
+
+    monkeypatch.setattr(PromptLookup, "draft", broken)
+    drafted, stats = generate(fp32, [copy_request(chat_ids, "plain", temperature=0.0)], 8)
+    assert summary(drafted[0]) == summary(plain[0])
+    assert stats["lookup_drafted_tokens"] == 0
+    assert "prompt lookup failed" in caplog.text
