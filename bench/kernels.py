@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Any
 
 import torch
+
+from engines.embedded.kernels import median_ms
 
 # (out_features, in_features) of the default model's Linear layers, with how many of each one token meets.
 SHAPES = {"qkv+o (896x896 + 2x128x896 + 896x896)": [(896, 896), (128, 896), (128, 896), (896, 896)],
@@ -60,16 +60,7 @@ def time_path(path: tuple, rows: int, in_f: int, repeat: int) -> float:
     module, dtype = path[0], path[1]
     if len(path) > 2:
         torch.backends.quantized.engine = path[2]
-    x = torch.randn(rows, in_f, dtype=dtype)
-    with torch.inference_mode():
-        for _ in range(3):
-            module(x)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_ms(module, torch.randn(rows, in_f, dtype=dtype), repeat)
 
 
 def main() -> None:

@@ -135,12 +135,16 @@ def _convert(model: torch.nn.Module, name: str) -> torch.nn.Module:
 
 
 def _time(layer: torch.nn.Module, rows: int, width: int) -> float:
-    x = torch.randn(rows, width)
+    return median_ms(layer, torch.randn(rows, width), _REPEATS)
+
+
+def median_ms(layer: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median milliseconds of `layer(x)` over `repeats` calls, after _WARM_UP untimed ones."""
     times = []
     with torch.inference_mode():
         for _ in range(_WARM_UP):
             layer(x)
-        for _ in range(_REPEATS):
+        for _ in range(repeats):
             start = time.perf_counter()
             layer(x)
             times.append(time.perf_counter() - start)
